@@ -1,0 +1,33 @@
+# Every target sets up what it needs from nothing: a fresh clone has only
+# Python, pip and gcc. The venv is rebuilt when the build inputs change.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= test,plot,dask
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: demo test bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml setup.py src/concmagic/_core.pyx
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m concmagic demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),bench]'
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) build src/concmagic/_core.c src/concmagic/*.so src/*.egg-info

@@ -5,18 +5,50 @@ measure what really happened (wall and CPU time, parallelism, the GIL).
 
 The engine works without IPython; the magics are a thin skin over it.
 """
-from . import kernels
 from ._version import __version__
 
-__all__ = ["__version__", "kernels", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "__version__", "run", "shutdown", "status", "kernels",
+    "Report", "WorkerRun", "WorkerError", "ShipError",
+    "load_ipython_extension", "unload_ipython_extension",
+]
+
+# Public names are loaded on first use: a worker process imports this package
+# to reach its worker loop and should not pay for NumPy or the report code.
+_LAZY = {
+    "run": ("engine", "run"), "shutdown": ("engine", "shutdown"), "status": ("engine", "status"),
+    "Report": ("report", "Report"), "WorkerRun": ("report", "WorkerRun"),
+    "WorkerError": ("errors", "WorkerError"), "ShipError": ("errors", "ShipError"),
+}
+
+
+def __getattr__(name):
+    import importlib
+    if name == "kernels":
+        return importlib.import_module(".kernels", __name__)
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ip):
     """Called by ``%load_ext concmagic``: registers the magics, nothing more."""
-    from .magics import ConcMagics
+    from .magics import ConcMagic
 
-    ip.register_magics(ConcMagics)
+    magics = ConcMagic(shell=ip)
+    ip.register_magics(magics)
+    # Listed among the shell's configurables, so `%config ConcMagic.workers = 4` works.
+    if magics not in ip.configurables:
+        ip.configurables.append(magics)
 
 
 def unload_ipython_extension(ip):
-    """Called by ``%unload_ext concmagic``."""
+    """Called by ``%unload_ext concmagic``: nothing to undo but the pools."""
+    from .engine import shutdown
+
+    shutdown()

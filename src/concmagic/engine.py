@@ -1,0 +1,86 @@
+"""The engine: ``run(func, n, model)`` -> Report, the public entry point.
+
+Validates the request, hands it to the runner for the model, and raises
+WorkerError when any worker failed (the error carries the whole report, so
+the other workers' results are never lost).
+"""
+import numbers
+
+from .errors import WorkerError
+
+__all__ = ["MODELS", "run", "shutdown", "status"]
+
+#: Models ``run`` accepts. (asyncio and dask arrive with their own runners.)
+MODELS = ("serial", "threads", "processes")
+
+
+def _check_workers(n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    return int(n)
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None; got {timeout!r}")
+    return float(timeout)
+
+
+def run(func, n=4, model="threads", *, timeout=None, start_method=None, raise_errors=True):
+    """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1 under ``model``.
+
+    Returns a Report. If a worker fails, raises WorkerError (with ``.report``)
+    unless ``raise_errors`` is false. ``timeout`` (seconds) stops the workers
+    still running then. ``start_method`` picks how processes start
+    ("forkserver" or "spawn"; processes model only).
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable; got {type(func).__name__}")
+    n = _check_workers(n)
+    timeout = _check_timeout(timeout)
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}")
+    if start_method is not None and model != "processes":
+        raise ValueError(f"start_method applies to model='processes' only; got model={model!r}")
+    if model == "serial":
+        from .runners.serial import run_serial
+        report = run_serial(func, n, timeout=timeout)
+    elif model == "threads":
+        from .runners.threads import run_threads
+        report = run_threads(func, n, timeout=timeout)
+    else:
+        from .runners.processes import run_processes
+        report = run_processes(func, n, timeout=timeout, start_method=start_method)
+    if raise_errors and report.errors:
+        raise WorkerError(report)
+    return report
+
+
+def shutdown():
+    """Stop the warm worker threads and processes (restarted when needed)."""
+    from .runners import processes, threads
+    threads.shutdown()
+    processes.shutdown()
+
+
+def status():
+    """What is running: warm threads, worker processes, cores, the GIL."""
+    import os
+    import sys
+
+    from .runners import processes, threads
+    gil = getattr(sys, "_is_gil_enabled", None)
+    return {
+        "models": MODELS,
+        "threads": threads.gang_status(),
+        "processes": processes.pool_status(),
+        "start_methods": processes.START_METHODS,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "free_threaded_build": bool(getattr(sys, "_is_gil_enabled", None)),
+        "gil_enabled": gil() if gil else True,
+    }

@@ -1,0 +1,97 @@
+"""Per-thread capture of sys.stdout and sys.stderr.
+
+While a run is in progress, ``sys.stdout`` and ``sys.stderr`` are replaced by
+routers that send each write to the buffer of the worker thread that made
+it, and every other thread's writes to the stream that was there before.
+So each worker's output is kept whole and apart (shown grouped afterwards,
+never interleaved mid-line), and nothing a worker prints can land in the
+output of whichever notebook cell happens to run next.
+"""
+import io
+import sys
+import threading
+
+__all__ = ["capture_threads"]
+
+
+class _Router(io.TextIOBase):
+    """A text stream that dispatches writes by the calling thread."""
+
+    def __init__(self, original, which):
+        self._original = original
+        self._which = which                      # "stdout" or "stderr"
+        self.buffers = {}                        # thread ident -> io.StringIO
+
+    # The attributes callers commonly look at are the original stream's.
+    @property
+    def encoding(self):
+        return getattr(self._original, "encoding", "utf-8")
+
+    @property
+    def errors(self):
+        return getattr(self._original, "errors", "strict")
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self._original.fileno()
+
+    def write(self, text):
+        buf = self.buffers.get(threading.get_ident())
+        if buf is None:
+            return self._original.write(text)
+        return buf.write(text)
+
+    def flush(self):
+        if threading.get_ident() not in self.buffers:
+            self._original.flush()
+
+    def __getattr__(self, name):                 # e.g. ipykernel's OutStream extras
+        return getattr(self._original, name)
+
+
+class capture_threads:
+    """Context manager: route output of registered threads into buffers.
+
+    ``register()`` is called by each worker thread for itself; ``output(ident)``
+    returns ``(stdout, stderr)`` captured for that thread. Nesting is allowed
+    (the serial runner inside a threads run, say): each level restores what it
+    found, and only if nobody replaced the streams meanwhile.
+    """
+
+    _lock = threading.Lock()
+
+    def __enter__(self):
+        with self._lock:
+            self._saved = (sys.stdout, sys.stderr)
+            self.out = _Router(sys.stdout, "stdout")
+            self.err = _Router(sys.stderr, "stderr")
+            sys.stdout, sys.stderr = self.out, self.err
+        return self
+
+    def register(self, ident=None):
+        ident = threading.get_ident() if ident is None else ident
+        self.out.buffers[ident] = io.StringIO()
+        self.err.buffers[ident] = io.StringIO()
+
+    def output(self, ident=None):
+        ident = threading.get_ident() if ident is None else ident
+        out, err = self.out.buffers.get(ident), self.err.buffers.get(ident)
+        return (out.getvalue() if out else "", err.getvalue() if err else "")
+
+    def unregister(self, ident=None):
+        ident = threading.get_ident() if ident is None else ident
+        self.out.buffers.pop(ident, None)
+        self.err.buffers.pop(ident, None)
+
+    def __exit__(self, *exc):
+        with self._lock:
+            if sys.stdout is self.out:
+                sys.stdout = self._saved[0]
+            if sys.stderr is self.err:
+                sys.stderr = self._saved[1]
+        return False

@@ -1,0 +1,351 @@
+"""Run a cell function in N worker processes: isolated memory, every core.
+
+    run_processes(func, n)
+        |  cloudpickle.dumps(func) once: the function by value, with exactly
+        |  the globals it uses (a name that cannot be pickled -> ShipError,
+        |  before any worker starts)
+        v
+    parent --pipe--> [process 0]  [process 1] ... [process n-1]   a warm gang,
+        ^                |            |                |          reused and
+        |                v            v                v          resized
+        +------ one reply each: times, process CPU, result or error, output
+                (a dead worker is seen on its process sentinel -> WorkerDied)
+
+Start methods: "forkserver" (the default on Linux) and "spawn". Plain "fork"
+is refused: a notebook kernel runs threads, and forking a threaded process
+can copy a lock that some other thread holds, deadlocking the child.
+
+Stopping (timeout, Ctrl-C): busy workers get SIGUSR1, which raises inside
+their cell; one that has not answered within a second is killed, and
+replaced on the next run.
+"""
+import atexit
+import contextlib
+import math
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import types
+from multiprocessing import spawn as mp_spawn
+from multiprocessing.connection import wait
+
+import cloudpickle
+
+from ..errors import RemoteTraceback, RunTimeout, ShipError, WorkerDied
+from ..report import Report, WorkerRun
+from . import _worker
+
+__all__ = ["run_processes", "shutdown", "pool_status", "START_METHODS", "ship"]
+
+#: Start methods we support and test; "fork" is deliberately absent (see above).
+START_METHODS = ("forkserver", "spawn") if os.name == "posix" else ("spawn",)
+DEFAULT_START_METHOD = START_METHODS[0]
+
+#: Seconds a worker gets to stop after SIGUSR1 before it is killed.
+STOP_GRACE = 1.0
+
+
+class RemoteError(Exception):
+    """A worker's exception that could not be sent back as itself."""
+
+
+# ---------------------------------------------------------------------------
+# Shipping: the function, by value
+# ---------------------------------------------------------------------------
+def ship(func):
+    """The pickled function, or ShipError naming the variable that cannot go."""
+    try:
+        return cloudpickle.dumps(func)
+    except Exception as exc:
+        culprit = _find_unshippable(func)
+        if culprit is None:
+            raise ShipError(getattr(func, "__name__", "<function>"), type(func).__name__,
+                            f"{type(exc).__name__}: {exc}") from exc
+        name, obj, reason = culprit
+        raise ShipError(name, f"{type(obj).__module__}.{type(obj).__qualname__}",
+                        reason) from None
+
+
+def _global_names(code):
+    """Names a code object (and the code nested in it) may read as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _find_unshippable(func, seen=None):
+    seen = set() if seen is None else seen
+    if id(func) in seen:
+        return None
+    seen.add(id(func))
+    candidates = []
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        g = getattr(func, "__globals__", {})
+        candidates += [(n, g[n]) for n in sorted(_global_names(code)) if n in g]
+        for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+            try:
+                candidates.append((name, cell.cell_contents))
+            except ValueError:                    # an empty cell
+                pass
+    for name, obj in candidates:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as exc:
+            # A notebook function that fails because of *its* globals: blame
+            # the variable it uses, which is what the user must change.
+            if isinstance(obj, types.FunctionType):
+                inner = _find_unshippable(obj, seen)
+                if inner is not None:
+                    return inner
+            return name, obj, f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The gang of worker processes
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _without_main_module():
+    """Start processes that do not re-import the parent's ``__main__``.
+
+    spawn and forkserver children normally re-run the parent's main script
+    so that functions defined there can be found by name. Ours never need
+    it (cloudpickle ships functions by value), and re-running a script with
+    no ``if __name__ == "__main__"`` guard would start processes from the
+    child, which multiprocessing then refuses. So for our workers only, the
+    preparation data leaves the main module out.
+    """
+    original = mp_spawn.get_preparation_data
+
+    def preparation_data(name):
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _start_lock:
+        mp_spawn.get_preparation_data = preparation_data
+        try:
+            yield
+        finally:
+            mp_spawn.get_preparation_data = original
+
+
+_start_lock = threading.Lock()
+
+
+class _Proc:
+    def __init__(self, ctx, index):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker.serve, args=(child,),
+                                   name=f"concmagic-process-{index}", daemon=True)
+        with _without_main_module():
+            self.process.start()
+        child.close()                             # the child holds its own copy
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def alive(self):
+        return self.process.is_alive()
+
+    def stop(self, timeout=1.0):
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+
+    def kill(self):
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class _Gang:
+    def __init__(self, method):
+        self.method = method
+        self.ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Forks of a server that already imported the worker start warm.
+            self.ctx.set_forkserver_preload(["concmagic.runners._worker"])
+        self.procs = []
+        self.lock = threading.Lock()
+
+    def resize(self, n):
+        """Exactly n live workers: drop the dead, start the missing, stop extras."""
+        for proc in [p for p in self.procs if not p.alive()]:
+            proc.kill()
+            self.procs.remove(proc)
+        while len(self.procs) > n:
+            self.procs.pop().stop()
+        while len(self.procs) < n:
+            self.procs.append(_Proc(self.ctx, len(self.procs)))
+
+    def shutdown(self):
+        procs, self.procs = self.procs, []
+        for proc in procs:                        # ask all first, then wait
+            try:
+                proc.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for proc in procs:
+            proc.stop()
+
+
+_gangs = {}
+_gangs_lock = threading.Lock()
+
+
+def _gang_for(method):
+    with _gangs_lock:
+        if method not in _gangs:
+            _gangs[method] = _Gang(method)
+        return _gangs[method]
+
+
+def run_processes(func, n, *, timeout=None, start_method=None):
+    """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report."""
+    method = start_method or DEFAULT_START_METHOD
+    if method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
+    payload = ship(func)                          # fails before any worker starts
+    gang = _gang_for(method)
+    if not gang.lock.acquire(blocking=False):
+        raise RuntimeError("the process pool is busy with another run; "
+                           "runs in processes cannot be nested or run at once")
+    try:
+        t0 = time.perf_counter()
+        gang.resize(n)
+        return _run(gang, payload, n, timeout, t0)
+    finally:
+        gang.lock.release()
+
+
+def _run(gang, payload, n, timeout, t0):
+    procs = list(gang.procs)
+    for worker_id, proc in enumerate(procs):
+        proc.conn.send((worker_id, n))
+        proc.conn.send_bytes(payload)
+    runs, notes = {}, []
+    deadline = None if timeout is None else t0 + timeout
+    try:
+        while len(runs) < n:
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            if not _collect(procs, runs, t0, left):
+                notes = _stop(gang, procs, runs, t0, RunTimeout(
+                    f"did not finish within the timeout of {timeout:g} s; stopped"))
+                break
+    except KeyboardInterrupt:
+        _stop(gang, procs, runs, t0, KeyboardInterrupt())
+        raise
+    wall = time.perf_counter() - t0
+    report = Report(model="processes", n_workers=n, wall=wall, workers=[runs[i] for i in range(n)])
+    report.notes.extend(notes)
+    return report
+
+
+def _collect(procs, runs, t0, timeout, reason=None):
+    """Wait for replies or deaths; record them. False if nothing came in time."""
+    pending = {i: p for i, p in enumerate(procs) if i not in runs}
+    by_conn = {p.conn: i for i, p in pending.items()}
+    by_sentinel = {p.process.sentinel: i for i, p in pending.items()}
+    ready = wait(list(by_conn) + list(by_sentinel), timeout)
+    if not ready:
+        return False
+    for obj in ready:
+        i = by_conn.get(obj, by_sentinel.get(obj))
+        if i in runs:
+            continue
+        proc = pending[i]
+        try:
+            if proc.conn.poll():
+                runs[i] = _decode(proc.conn.recv_bytes(), t0, reason)
+                continue
+        except (EOFError, OSError):
+            pass
+        if obj in by_sentinel or not proc.alive():
+            proc.process.join(1)
+            runs[i] = WorkerRun(worker_id=i, pid=proc.pid,
+                                error=WorkerDied(i, proc.process.exitcode))
+    return True
+
+
+def _decode(data, t0, reason=None):
+    rec = pickle.loads(data)
+    run = WorkerRun(worker_id=rec["worker_id"], pid=rec["pid"],
+                    start=rec["start"] - t0, end=rec["end"] - t0, cpu=rec["cpu"],
+                    stdout=rec["stdout"], stderr=rec["stderr"])
+    if "traceback" not in rec:
+        run.result = pickle.loads(rec["result"])
+        return run
+    run.traceback = rec["traceback"]
+    if rec.get("stopped") and reason is not None:
+        run.error = reason
+        return run
+    error = None
+    if rec.get("error") is not None:
+        try:
+            error = pickle.loads(rec["error"])
+        except Exception:
+            error = None
+    if error is None:
+        error = RemoteError(f"{rec['error_type']}: {rec['error_text']}")
+    error.__cause__ = RemoteTraceback(rec["traceback"])
+    run.error = error
+    return run
+
+
+def _stop(gang, procs, runs, t0, reason):
+    """SIGUSR1 to busy workers; kill those that do not answer in time."""
+    pending = [i for i in range(len(procs)) if i not in runs]
+    for i in pending:
+        try:
+            os.kill(procs[i].pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    end = time.perf_counter() + STOP_GRACE
+    while len(runs) < len(procs) and (left := end - time.perf_counter()) > 0:
+        if not _collect(procs, runs, t0, left, reason):
+            break
+    killed = [i for i in pending if i not in runs]
+    for i in killed:
+        procs[i].kill()
+        runs[i] = WorkerRun(worker_id=i, pid=procs[i].pid, error=reason)
+    for i in pending:                             # a death we caused is the reason, not news
+        if isinstance(runs[i].error, WorkerDied) and i not in killed:
+            runs[i].error = reason
+    if not killed:
+        return []
+    return [f"worker {', '.join(map(str, killed))} did not stop within {STOP_GRACE:g} s "
+            "and was killed; a fresh process replaces it on the next run."]
+
+
+def pool_status():
+    """Per start method: the live worker pids."""
+    with _gangs_lock:
+        return {m: [p.pid for p in g.procs if p.alive()] for m, g in _gangs.items()}
+
+
+def shutdown():
+    """Stop every worker process (started again on the next run)."""
+    with _gangs_lock:
+        gangs = list(_gangs.values())
+    for gang in gangs:
+        with gang.lock:
+            gang.shutdown()
+
+
+atexit.register(shutdown)

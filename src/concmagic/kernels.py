@@ -9,6 +9,7 @@ other threads may run Python meanwhile. Long kernels stop early when
 `cancel()` is called from any thread, raising `KernelCancelled`.
 """
 import math
+import numbers
 import time
 
 import numpy as np
@@ -200,6 +201,9 @@ def mandelbrot(out, row_start=0, row_stop=None, *, xmin=-2.0, xmax=1.0,
     row_start = _check_int(row_start, "row_start", 0, height)
     row_stop = _check_int(row_stop, "row_stop", row_start, height)
     max_iter = _check_int(max_iter, "max_iter", 0, 2**31 - 1)
+    for name, value in (("xmin", xmin), ("xmax", xmax), ("ymin", ymin), ("ymax", ymax)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
     bounds = [float(v) for v in (xmin, xmax, ymin, ymax)]
     if not all(map(math.isfinite, bounds)):
         raise ValueError(f"xmin, xmax, ymin, ymax must be finite; got {bounds}")

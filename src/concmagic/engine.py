@@ -13,6 +13,12 @@ __all__ = ["MODELS", "run", "shutdown", "status"]
 #: Models ``run`` accepts. (asyncio and dask arrive with their own runners.)
 MODELS = ("serial", "threads", "processes")
 
+# The longest wait the runners can ask of the OS: poll(), under
+# multiprocessing.connection.wait, takes an int of milliseconds, and a longer
+# timeout (or inf) raised OverflowError there and in threading waits. A limit
+# of 24.8 days is as good as none, so anything longer means "no timeout".
+_TIMEOUT_MAX = (2**31 - 1) / 1000
+
 
 def _check_workers(n):
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -25,6 +31,8 @@ def _check_timeout(timeout):
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None; got {timeout!r}")
+    if timeout > _TIMEOUT_MAX:
+        return None
     return float(timeout)
 
 
@@ -69,6 +77,7 @@ def status():
     """What is running: warm threads, worker processes, cores, the GIL."""
     import os
     import sys
+    import sysconfig
 
     from .runners import processes, threads
     gil = getattr(sys, "_is_gil_enabled", None)
@@ -81,6 +90,6 @@ def status():
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": sys.version.split()[0],
         "implementation": sys.implementation.name,
-        "free_threaded_build": bool(getattr(sys, "_is_gil_enabled", None)),
+        "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
         "gil_enabled": gil() if gil else True,
     }

@@ -11,6 +11,7 @@ by the magics are declared once (``_run_options``) and stacked on each.
 """
 import keyword
 import os
+import re
 import sys
 import types
 
@@ -99,20 +100,21 @@ class ConcMagic(Magics):
 
     # -- the one path every running magic takes ------------------------------
     def _run(self, model, magic, line, cell):
-        args = magic_arguments.parse_argstring(magic, line)
+        argv, code = _split_line(magic.parser, line)
+        args = magic.parser.parse_args(argv)
         n = self._workers(args.workers)
         timeout = self._timeout(args.timeout)
         pull = _parse_pull(args.pull)
         if args.out is not None and not args.out.isidentifier():
             raise UsageError(f"-o needs a variable name; got {args.out!r}")
         if cell is None:
-            cell = " ".join(args.code)
+            cell = code
             if not cell.strip():
                 raise UsageError(f"%{model} needs an expression, e.g. `%{model} -n 2 worker_id`; "
                                  f"or use the cell magic %%{model}")
-        elif args.code:
+        elif code:
             raise UsageError(f"%%{model} takes options only on its first line; "
-                             f"unexpected: {' '.join(args.code)!r}")
+                             f"unexpected: {code!r}")
         try:
             prepared = make_cell_function(cell, self.shell.user_ns, pull=pull)
         except CellError as exc:
@@ -124,6 +126,14 @@ class ConcMagic(Magics):
         try:
             report = engine.run(func, n, model, timeout=timeout, raise_errors=False, **options)
         except ShipError as exc:
+            if exc.name == "get_ipython":
+                # Only the cell's own get_ipython is swapped for the worker's
+                # stand-in; a notebook function calling it would ship the shell.
+                raise UsageError(
+                    "a notebook function this cell calls uses `!cmd` or `%magic` (it calls "
+                    "get_ipython()), and the notebook's shell cannot be sent to worker "
+                    "processes; put those lines in the %%processes cell itself, or use "
+                    "%%threads") from None
             raise UsageError(str(exc)) from None
         if pull:
             self._pull(report, pull)
@@ -174,6 +184,36 @@ class ConcMagic(Magics):
         sys.stderr.flush()
         if not args.quiet:
             display(report)
+
+
+def _split_line(parser, line):
+    """``(option tokens, expression)``: the options up front, the rest verbatim.
+
+    The expression of a line form is Python, not shell words: splitting it
+    into arguments and joining them back would change it (``len("a  b")``
+    lost a space; ``x -y`` and ``f('-n 3')`` were taken for options). So the
+    options are the leading words that name one of the magic's options (with
+    their values); the expression is the rest of the line as typed.
+    """
+    options = parser._option_string_actions
+    words = list(re.finditer(r"\S+", line))
+    i = 0
+    while i < len(words):
+        word = words[i].group()
+        name = word.split("=", 1)[0] if word.startswith("--") else word
+        long = [o for o in options if o.startswith(name)] if name.startswith("--") else []
+        action = options.get(name) or (options[long[0]] if len(long) == 1 else None)
+        if action is not None:                    # -n 4, --workers=4, --work 4, -q
+            i += 2 if action.nargs != 0 and "=" not in word else 1
+        elif re.fullmatch(r"-[A-Za-z]\d\S*", word) and word[:2] in options:
+            i += 1                                # -n4: the value attached
+        elif re.fullmatch(r"--[A-Za-z][\w-]*(=\S*)?", word):
+            i += 1                                # a mistyped option: argparse names it
+        else:
+            break
+    argv = [w.group() for w in words[:i]]
+    code = line[words[i].start():].strip() if i < len(words) else ""
+    return argv, code
 
 
 def _block(stream, worker_id, text):

@@ -20,7 +20,7 @@ class _Router(io.TextIOBase):
     def __init__(self, original, which):
         self._original = original
         self._which = which                      # "stdout" or "stderr"
-        self.buffers = {}                        # thread ident -> io.StringIO
+        self.buffers = {}                        # thread ident -> list of written strings
 
     # The attributes callers commonly look at are the original stream's.
     @property
@@ -41,10 +41,11 @@ class _Router(io.TextIOBase):
         return self._original.fileno()
 
     def write(self, text):
-        buf = self.buffers.get(threading.get_ident())
-        if buf is None:
+        parts = self.buffers.get(threading.get_ident())
+        if parts is None:
             return self._original.write(text)
-        return buf.write(text)
+        parts.append(str(text))
+        return len(text)
 
     def flush(self):
         if threading.get_ident() not in self.buffers:
@@ -63,7 +64,8 @@ class capture_threads:
     found, and only if nobody replaced the streams meanwhile.
     """
 
-    _lock = threading.Lock()
+    _lock = threading.RLock()
+    _closed = False
 
     def __enter__(self):
         with self._lock:
@@ -75,23 +77,33 @@ class capture_threads:
 
     def register(self, ident=None):
         ident = threading.get_ident() if ident is None else ident
-        self.out.buffers[ident] = io.StringIO()
-        self.err.buffers[ident] = io.StringIO()
+        self.out.buffers[ident] = []
+        self.err.buffers[ident] = []
 
     def output(self, ident=None):
         ident = threading.get_ident() if ident is None else ident
         out, err = self.out.buffers.get(ident), self.err.buffers.get(ident)
-        return (out.getvalue() if out else "", err.getvalue() if err else "")
+        return ("".join(out) if out else "", "".join(err) if err else "")
 
     def unregister(self, ident=None):
         ident = threading.get_ident() if ident is None else ident
-        self.out.buffers.pop(ident, None)
-        self.err.buffers.pop(ident, None)
+        with self._lock:
+            self.out.buffers.pop(ident, None)
+            self.err.buffers.pop(ident, None)
+            if self._closed and not self.out.buffers:
+                self._restore()                   # the last straggler is done
 
     def __exit__(self, *exc):
         with self._lock:
-            if sys.stdout is self.out:
-                sys.stdout = self._saved[0]
-            if sys.stderr is self.err:
-                sys.stderr = self._saved[1]
+            self._closed = True
+            # A worker that could not be stopped still owns a buffer: keep
+            # routing its writes away from the notebook until it unregisters.
+            if not self.out.buffers:
+                self._restore()
         return False
+
+    def _restore(self):
+        if sys.stdout is self.out:
+            sys.stdout = self._saved[0]
+        if sys.stderr is self.err:
+            sys.stderr = self._saved[1]

@@ -32,9 +32,10 @@ def _async_raise(ident, exc_type):
 class Stoppable:
     """The stop switch of one thread while it runs a cell.
 
-    Stop requests are only sent while ``running`` is true, under ``lock``, so
-    a request can never land in the runner's own bookkeeping after the cell
-    has returned (and any that is still pending then is cleared).
+    Asynchronous stop requests are only sent while ``running`` is true, under
+    ``lock``, so one can never land in the runner's own bookkeeping after the
+    cell has returned (and one still pending then is cleared). A stop that
+    comes before the cell has begun is remembered, and the cell never starts.
     """
 
     def __init__(self):
@@ -43,57 +44,86 @@ class Stoppable:
         self.running = False
         self.reason = None
 
+    def arm(self):
+        """Forget the last run's stop; called before handing out a new cell."""
+        with self.lock:
+            self.reason = None
+            self.running = False
+
     def begin(self):
+        """True if the cell may start, False if a stop came first."""
         with self.lock:
             self.ident = threading.get_ident()
-            self.reason = None
+            if self.reason is not None:
+                return False
             self.running = True
+            return True
 
     def end(self):
         with self.lock:
             self.running = False
-            _async_raise(self.ident, None)
+            if self.reason is not None:           # a stop was sent: clear it if still pending
+                _async_raise(self.ident, None)
 
     def call(self, func, **kwargs):
         """Run ``func(**kwargs)`` stoppably; returns ``(result, error)``."""
         result = error = None
-        self.begin()
+        returned = False
         try:
             try:
-                result = func(**kwargs)
-            except BaseException as exc:         # noqa: B036 - the report keeps it
-                error = exc
+                if self.begin():
+                    try:
+                        result = func(**kwargs)
+                    except BaseException as exc:  # noqa: B036 - the report keeps it
+                        error = exc
+                else:
+                    error = StopRequest()
+                returned = True
             finally:
                 self.end()
-        except StopRequest:
-            # Landed after the cell had returned, before `end()`: the cell
-            # finished, so its result stands.
+        except StopRequest as exc:
+            # Landed outside the cell. Before it ran: it was stopped. After it
+            # returned, before `end()`: it finished, so its outcome stands.
+            if not returned:
+                error = exc
             self.end()
         return result, error
 
     def stop(self, reason):
-        """Ask the thread to stop, recording why; True if it was running."""
+        """Ask the thread to stop, recording why; True if its cell was running."""
         with self.lock:
-            if not self.running:
+            if self.reason is not None:
                 return False
             self.reason = reason
+            if not self.running:                  # not begun: begin() will refuse
+                return False
             _async_raise(self.ident, StopRequest)
         # Compiled kernels do not run bytecode, so they would not see the
         # exception until they return; the cancel flag stops them within ~1 ms.
         kernels.cancel()
         return True
 
-    def resolve(self, error):
-        """The error to report: the stop reason replaces our own stop signals."""
+    def resolve(self, error, skip=1):
+        """``(error, traceback text)`` to report; a stop shows as its reason."""
         if self.reason is not None and isinstance(error, (StopRequest, kernels.KernelCancelled)):
-            return self.reason
-        return error
+            # Where the worker was when stopped is worth showing; our own
+            # StopRequest is not: the reason takes its place.
+            return self.reason, format_error(error, skip, as_error=self.reason)
+        return error, format_error(error, skip)
 
 
-def format_error(error, skip=1):
-    """The traceback text of ``error``, without the runner's own ``skip`` frames."""
+def format_error(error, skip=1, as_error=None):
+    """The traceback text of ``error``, without the runner's own ``skip`` frames.
+
+    With ``as_error``, the frames are ``error``'s but the closing line names
+    ``as_error`` instead (a stop reported as its reason).
+    """
     tb = error.__traceback__
     for _ in range(skip):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
+    if as_error is None:
+        return "".join(traceback.format_exception(type(error), error, tb))
+    frames = "".join(traceback.format_tb(tb))
+    closing = "".join(traceback.format_exception_only(type(as_error), as_error))
+    return f"Traceback (most recent call last):\n{frames}{closing}"

@@ -96,7 +96,14 @@ def _encode(rec, result, error):
                               f"to the notebook: {type(exc).__name__}: {exc}")
     if error is not None:
         tb = error.__traceback__.tb_next if error.__traceback__ is not None else None
-        rec["traceback"] = "".join(traceback.format_exception(type(error), error, tb))
+        if isinstance(error, StopRequest):
+            # Where the cell was when stopped, without our signal handler's
+            # frame; the parent adds the reason (timeout, interrupt) below it.
+            frames = [f for f in traceback.extract_tb(tb) if f.filename != __file__]
+            rec["traceback"] = ("Traceback (most recent call last):\n"
+                                + "".join(traceback.format_list(frames)))
+        else:
+            rec["traceback"] = "".join(traceback.format_exception(type(error), error, tb))
         rec["error_type"] = f"{type(error).__module__}.{type(error).__qualname__}"
         rec["error_text"] = str(error)
         rec["stopped"] = isinstance(error, StopRequest)

@@ -28,6 +28,7 @@ import pickle
 import signal
 import threading
 import time
+import traceback
 import types
 from multiprocessing import spawn as mp_spawn
 from multiprocessing.connection import wait
@@ -194,6 +195,11 @@ class _Gang:
         while len(self.procs) < n:
             self.procs.append(_Proc(self.ctx, len(self.procs)))
 
+    def kill(self):
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            proc.kill()
+
     def shutdown(self):
         procs, self.procs = self.procs, []
         for proc in procs:                        # ask all first, then wait
@@ -218,9 +224,14 @@ def _gang_for(method):
 
 def run_processes(func, n, *, timeout=None, start_method=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report."""
-    method = start_method or DEFAULT_START_METHOD
+    method = DEFAULT_START_METHOD if start_method is None else start_method
     if method not in START_METHODS:
         raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
+    if _worker._busy:
+        # Inside a cell that already runs in a worker process (a daemon, which
+        # multiprocessing refuses to let start children with a bare assertion).
+        raise RuntimeError("runs in processes cannot be nested: this cell already runs in a "
+                           "worker process; use model='threads' or 'serial' inside it")
     payload = ship(func)                          # fails before any worker starts
     gang = _gang_for(method)
     if not gang.lock.acquire(blocking=False):
@@ -230,6 +241,12 @@ def run_processes(func, n, *, timeout=None, start_method=None):
         t0 = time.perf_counter()
         gang.resize(n)
         return _run(gang, payload, n, timeout, t0)
+    except Exception:
+        # A run that failed part-way may have left workers busy and replies
+        # unread in the pipes, which the next run would take for its own
+        # results; fresh workers are slower but never wrong.
+        gang.kill()
+        raise
     finally:
         gang.lock.release()
 
@@ -279,7 +296,7 @@ def _collect(procs, runs, t0, timeout, reason=None):
         if obj in by_sentinel or not proc.alive():
             proc.process.join(1)
             runs[i] = WorkerRun(worker_id=i, pid=proc.pid,
-                                error=WorkerDied(i, proc.process.exitcode))
+                                error=WorkerDied(i, proc.process.exitcode, proc.pid))
     return True
 
 
@@ -289,11 +306,23 @@ def _decode(data, t0, reason=None):
                     start=rec["start"] - t0, end=rec["end"] - t0, cpu=rec["cpu"],
                     stdout=rec["stdout"], stderr=rec["stderr"])
     if "traceback" not in rec:
-        run.result = pickle.loads(rec["result"])
+        try:
+            run.result = pickle.loads(rec["result"])
+        except Exception as exc:
+            # Pickled fine in the worker, yet will not load here (a class only
+            # the worker can import, a __reduce__ that fails). Raising would
+            # lose the other workers' results and leave their replies unread
+            # in the pipes, to be taken for the next run's results.
+            run.error = RuntimeError(
+                f"the result of worker {rec['worker_id']} was sent back but cannot be "
+                f"loaded in the notebook: {type(exc).__name__}: {exc}")
+            run.error.__cause__ = exc
+            run.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return run
     run.traceback = rec["traceback"]
     if rec.get("stopped") and reason is not None:
         run.error = reason
+        run.traceback += "".join(traceback.format_exception_only(type(reason), reason))
         return run
     error = None
     if rec.get("error") is not None:

@@ -12,40 +12,63 @@ import time
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import Stoppable, format_error
+from ._common import Stoppable
 
 __all__ = ["run_serial"]
+
+
+class _Expired(Exception):
+    """The run's time was up before this worker's cell began."""
 
 
 def run_serial(func, n, *, timeout=None):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1, one after another."""
     stopper = Stoppable()
+    expired = threading.Event()
     timer = None
     runs = []
     t0 = time.perf_counter()
+
+    def guarded(**kwargs):
+        # Checked after the stopper counts the cell as running. The watchdog
+        # sets `expired` before it looks for a running cell to stop, so time
+        # that runs out between two workers (while one's output or traceback
+        # is collected, when there is no cell to stop) still stops the run
+        # here; checking only before starting the next worker lost it, and
+        # that worker then ran without any timeout.
+        if expired.is_set():
+            raise _Expired()
+        return func(**kwargs)
+
     if timeout is not None:
-        # The watchdog stops the cell that is running when time is up.
         reason = RunTimeout(f"the run did not finish within its timeout of {timeout:g} s; stopped")
-        timer = threading.Timer(timeout, stopper.stop, args=(reason,))
+
+        def watchdog():                           # stops the cell running when time is up
+            expired.set()
+            stopper.stop(reason)
+
+        timer = threading.Timer(timeout, watchdog)
         timer.daemon = True
         timer.start()
     try:
         with capture_threads() as capture:
             for i in range(n):
-                if stopper.reason is not None:
-                    runs.append(WorkerRun(worker_id=i, pid=os.getpid(), error=RunTimeout(
-                        f"worker {i} was not started: the run's timeout of {timeout:g} s expired")))
-                    continue
-                runs.append(_run_one(func, i, n, t0, stopper, capture))
-                if isinstance(runs[-1].error, KeyboardInterrupt):
-                    raise runs[-1].error
+                run = None if expired.is_set() else _run_one(guarded, i, n, t0, stopper, capture)
+                if run is None:
+                    run = WorkerRun(worker_id=i, pid=os.getpid(), error=RunTimeout(
+                        f"worker {i} was not started: the run's timeout of {timeout:g} s expired"))
+                runs.append(run)
+                if isinstance(run.error, KeyboardInterrupt):
+                    raise run.error
     finally:
         if timer is not None:
             timer.cancel()
+            timer.join()
     return Report(model="serial", n_workers=n, wall=time.perf_counter() - t0, workers=runs)
 
 
 def _run_one(func, worker_id, n, t0, stopper, capture):
+    """One worker's WorkerRun; None if the run expired before its cell began."""
     run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=threading.get_native_id())
     capture.register()
     c0 = time.thread_time()
@@ -55,7 +78,9 @@ def _run_one(func, worker_id, n, t0, stopper, capture):
     run.cpu = time.thread_time() - c0
     run.stdout, run.stderr = capture.output()
     capture.unregister()
+    if isinstance(error, _Expired):
+        return None
     if error is not None:
-        run.traceback = format_error(error)
-        run.error = stopper.resolve(error)
+        # skip=2: neither Stoppable.call's frame nor the guard's
+        run.error, run.traceback = stopper.resolve(error, skip=2)
     return run

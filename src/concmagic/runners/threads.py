@@ -17,6 +17,7 @@ StopRequest (pure Python stops at its next bytecode) and compiled kernels get
 the cancel flag. A thread blocked in C cannot be stopped by anyone; it is then
 reported as stuck, taken out of the gang and left to end on its own.
 """
+import itertools
 import os
 import queue
 import threading
@@ -25,7 +26,7 @@ import time
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import STOP_GRACE, Stoppable, format_error
+from ._common import STOP_GRACE, Stoppable
 
 __all__ = ["run_threads", "shutdown", "gang_status"]
 
@@ -34,13 +35,40 @@ __all__ = ["run_threads", "shutdown", "gang_status"]
 _BARRIER_TIMEOUT = 5.0
 
 
+_worker_numbers = itertools.count()              # names threads uniquely
+
+
+class _StartGate:
+    """A one-shot barrier: each of n workers waits until the last one arrives.
+
+    Lighter than threading.Barrier (one lock handed along instead of a
+    Condition with a lock per waiter), which matters when the cell is empty
+    and the hand-off is all there is to measure.
+    """
+
+    __slots__ = ("_left", "_count_lock", "_open")
+
+    def __init__(self, n):
+        self._left = n
+        self._count_lock = threading.Lock()
+        self._open = threading.Lock()
+        self._open.acquire()
+
+    def wait(self, timeout):
+        with self._count_lock:
+            self._left -= 1
+            last = self._left == 0
+        if last or self._open.acquire(timeout=timeout):
+            self._open.release()                  # pass it on to the next waiter
+
+
 class _Job:
     __slots__ = ("func", "n", "barrier", "capture", "done", "t0")
 
     def __init__(self, func, n, capture):
         self.func = func
         self.n = n
-        self.barrier = threading.Barrier(n)
+        self.barrier = _StartGate(n)
         self.capture = capture
         self.done = queue.SimpleQueue()
         self.t0 = time.perf_counter()
@@ -49,7 +77,8 @@ class _Job:
 class _Worker:
     """One warm thread of the gang, serving jobs from its inbox."""
 
-    def __init__(self, index):
+    def __init__(self):
+        index = next(_worker_numbers)
         self.inbox = queue.SimpleQueue()
         self.stopper = Stoppable()
         self.retired = False
@@ -68,10 +97,7 @@ class _Worker:
     def _execute(self, job, worker_id):
         run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=threading.get_native_id())
         job.capture.register()
-        try:
-            job.barrier.wait(_BARRIER_TIMEOUT)
-        except threading.BrokenBarrierError:
-            pass                                  # a laggard: start anyway
+        job.barrier.wait(_BARRIER_TIMEOUT)        # on timeout: a laggard; start anyway
         c0 = time.thread_time()
         run.start = time.perf_counter() - job.t0
         run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
@@ -80,8 +106,7 @@ class _Worker:
         run.stdout, run.stderr = job.capture.output()
         job.capture.unregister()
         if error is not None:
-            run.traceback = format_error(error)
-            run.error = self.stopper.resolve(error)
+            run.error, run.traceback = self.stopper.resolve(error)
         return run
 
 
@@ -92,7 +117,7 @@ class _Gang:
 
     def resize(self, n):
         while len(self.workers) < n:
-            self.workers.append(_Worker(len(self.workers)))
+            self.workers.append(_Worker())
         while len(self.workers) > n:
             self.workers.pop().inbox.put(None)
 
@@ -100,7 +125,7 @@ class _Gang:
         """Take a stuck worker out; it ends when its call returns."""
         worker = self.workers.pop(index)
         worker.retired = True
-        self.workers.append(_Worker(len(self.workers)))
+        self.workers.append(_Worker())
 
     def shutdown(self):
         for worker in self.workers:
@@ -133,6 +158,7 @@ def _run(gang, func, n, timeout):
     with capture_threads() as capture:
         job = _Job(func, n, capture)
         for worker_id, worker in enumerate(gang.workers):
+            worker.stopper.arm()
             worker.inbox.put((job, worker_id))
         runs, notes = {}, []
         deadline = None if timeout is None else job.t0 + timeout

@@ -20,7 +20,7 @@ Every kernel comes in layers, from the inside out:
      that Ctrl-C still works when it runs on the main thread.
    - ``<kernel>_nogil`` runs the chunks inside ``with nogil:``. Other threads
      run Python meanwhile, and other threads calling it run on other cores.
-   Both paths run the very same machine code for the work, so one thread is
+   Both paths call the very same C function for the work, so one thread is
    no faster with the GIL released: the gain is only in what runs *beside* it.
 3. The pure Python path of each kernel lives in ``concmagic/kernels.py``; it
    gives bit-identical results and is the reference the tests check against.
@@ -285,8 +285,12 @@ def mandelbrot_gil(int32_t[:, ::1] out, Py_ssize_t row_start, Py_ssize_t row_sto
                    double xmin, double xmax, double ymin, double ymax, int32_t max_iter):
     """Fill out[row_start:row_stop] with escape counts, holding the GIL."""
     cdef Py_ssize_t r, height = out.shape[0], width = out.shape[1]
-    cdef double dx = (xmax - xmin) / width, dy = (ymax - ymin) / height
+    cdef double dx, dy
     cdef unsigned long epoch = cm_epoch()
+    if width == 0 or row_start >= row_stop:  # nothing to write; also avoids x/0
+        return
+    dx = (xmax - xmin) / width
+    dy = (ymax - ymin) / height
     for r in range(row_start, row_stop):
         _mandelbrot_row(&out[r, 0], width, ymin + r * dy, xmin, dx, max_iter)
         PyErr_CheckSignals()
@@ -304,10 +308,12 @@ def mandelbrot_nogil(int32_t[:, ::1] out, Py_ssize_t row_start, Py_ssize_t row_s
     one: both writers store the same values.)
     """
     cdef Py_ssize_t r, height = out.shape[0], width = out.shape[1]
-    cdef double dx = (xmax - xmin) / width, dy = (ymax - ymin) / height
+    cdef double dx, dy
     cdef unsigned long epoch = cm_epoch()
-    if width == 0:
+    if width == 0 or row_start >= row_stop:  # nothing to write; also avoids x/0
         return
+    dx = (xmax - xmin) / width
+    dy = (ymax - ymin) / height
     # The GIL may go: the loop reads C doubles and writes through a raw
     # pointer into a buffer the memoryview keeps alive until we return.
     with nogil:
@@ -374,3 +380,317 @@ def io_wait_nogil(seconds):
         while cm_epoch() == epoch and not _sleep_slice(deadline):
             pass
     _raise_if_cancelled(epoch, "io_wait", "nogil")
+
+
+# ===========================================================================
+# Measurement: a CPU sampler and a GIL probe, both native threads
+# ===========================================================================
+# Both run on threads of their own that hold no GIL while they work, so they
+# cost the measured code almost nothing: the sampler never touches Python at
+# all, and the probe touches it only for the instant it measures.
+
+from posix.types cimport clockid_t, pid_t
+from libc.stdlib cimport calloc, free
+from libc.math cimport NAN
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* thread, void* attr,
+                       void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** retval)
+    pthread_t pthread_self()
+    int pthread_getcpuclockid(pthread_t thread, clockid_t* clock)
+
+cdef extern from "<time.h>" nogil:
+    int clock_getcpuclockid(pid_t pid, clockid_t* clock)
+
+# Flags shared between a Python thread and a native one are C11 atomics: a
+# plain int could be cached in a register by the compiler and never re-read.
+cdef extern from *:
+    """
+    #include <stdatomic.h>
+    static inline int cm_load(atomic_int *p) { return atomic_load(p); }
+    static inline void cm_store(atomic_int *p, int v) { atomic_store(p, v); }
+    """
+    ctypedef int atomic_int "atomic_int"
+    int cm_load(atomic_int* p) noexcept nogil
+    void cm_store(atomic_int* p, int v) noexcept nogil
+
+cdef enum:
+    MAX_SLOTS = 1024            # workers one sampler can follow
+
+
+cdef inline void _sleep_ns(long ns) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = ns // 1000000000
+    ts.tv_nsec = ns % 1000000000
+    nanosleep(&ts, NULL)
+
+
+# ---------------------------------------------------------------------------
+# The CPU sampler
+# ---------------------------------------------------------------------------
+cdef struct SamplerState:
+    atomic_int stop
+    atomic_int ready[MAX_SLOTS]     # 1 once clocks[i] holds a valid clock
+    clockid_t clocks[MAX_SLOTS]
+    int n_slots
+    long interval_ns
+    Py_ssize_t capacity             # samples the buffers hold
+    Py_ssize_t count                # samples taken so far
+    double* t                       # [capacity] when each sample was taken
+    double* cpu                     # [capacity * n_slots] CPU seconds per slot
+
+
+cdef void _take_sample(SamplerState* s) noexcept nogil:
+    cdef timespec ts
+    cdef int i
+    cdef double* row = s.cpu + s.count * s.n_slots
+    s.t[s.count] = _now()
+    for i in range(s.n_slots):
+        # A slot's clock may vanish (its thread or process ended): NaN says
+        # "no reading" and the series simply skips it.
+        if cm_load(&s.ready[i]) and clock_gettime(s.clocks[i], &ts) == 0:
+            row[i] = ts.tv_sec + ts.tv_nsec * 1e-9
+        else:
+            row[i] = NAN
+    s.count += 1
+
+
+cdef void _halve(SamplerState* s) noexcept nogil:
+    """Keep every other sample and sample half as often: memory stays bounded."""
+    cdef Py_ssize_t k, i
+    for k in range(s.count // 2):
+        s.t[k] = s.t[2 * k]
+        for i in range(s.n_slots):
+            s.cpu[k * s.n_slots + i] = s.cpu[2 * k * s.n_slots + i]
+    s.count //= 2
+    s.interval_ns *= 2
+
+
+cdef void* _sampler_main(void* arg) noexcept nogil:
+    # Runs on its own native thread and never takes the GIL: everything it
+    # touches is in the SamplerState, which the Sampler object keeps alive
+    # until this thread has been joined.
+    cdef SamplerState* s = <SamplerState*>arg
+    while True:
+        if s.count == s.capacity:
+            _halve(s)
+        _take_sample(s)
+        if cm_load(&s.stop):
+            return NULL                    # the last sample is taken at stop
+        _sleep_ns(s.interval_ns)
+
+
+cdef class Sampler:
+    """Samples the CPU clocks of registered threads/processes every ~1 ms.
+
+    ``register_thread(slot)`` is called by a worker thread for itself;
+    ``register_pid(slot, pid)`` follows a whole worker process. ``stop()``
+    returns ``(t, cpu)``: sample times (monotonic seconds, same clock as
+    time.perf_counter) and CPU seconds per slot (NaN where unknown).
+    """
+    cdef SamplerState* s
+    cdef pthread_t thread
+    cdef bint running
+
+    def __cinit__(self, int n_slots, double interval=0.001, Py_ssize_t capacity=8192):
+        if not 0 < n_slots <= MAX_SLOTS:
+            raise ValueError(f"n_slots must be in 1..{MAX_SLOTS}; got {n_slots}")
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0; got {interval}")
+        if capacity < 2:
+            raise ValueError(f"capacity must be >= 2; got {capacity}")
+        self.s = <SamplerState*>calloc(1, sizeof(SamplerState))
+        if self.s == NULL:
+            raise MemoryError()
+        self.s.n_slots = n_slots
+        self.s.interval_ns = <long>(interval * 1e9)
+        self.s.capacity = capacity
+        self.s.t = <double*>calloc(capacity, sizeof(double))
+        self.s.cpu = <double*>calloc(capacity * n_slots, sizeof(double))
+        if self.s.t == NULL or self.s.cpu == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.running:                    # never free under a live thread
+            cm_store(&self.s.stop, 1)
+            with nogil:
+                pthread_join(self.thread, NULL)
+        if self.s != NULL:
+            free(self.s.t)
+            free(self.s.cpu)
+            free(self.s)
+
+    def _check_slot(self, int slot):
+        if not 0 <= slot < self.s.n_slots:
+            raise ValueError(f"slot must be in 0..{self.s.n_slots - 1}; got {slot}")
+
+    def register_thread(self, int slot):
+        """Follow the calling thread's CPU clock in ``slot``."""
+        self._check_slot(slot)
+        if pthread_getcpuclockid(pthread_self(), &self.s.clocks[slot]) != 0:
+            raise OSError("pthread_getcpuclockid failed")
+        cm_store(&self.s.ready[slot], 1)
+
+    def register_pid(self, int slot, pid_t pid):
+        """Follow process ``pid``'s CPU clock (all its threads) in ``slot``."""
+        self._check_slot(slot)
+        cdef int err = clock_getcpuclockid(pid, &self.s.clocks[slot])
+        if err != 0:
+            raise OSError(err, f"clock_getcpuclockid({pid}) failed")
+        cm_store(&self.s.ready[slot], 1)
+
+    def start(self):
+        if self.running:
+            raise RuntimeError("the sampler is already running")
+        if pthread_create(&self.thread, NULL, _sampler_main, self.s) != 0:
+            raise OSError("could not start the sampler thread")
+        self.running = True
+
+    def stop(self):
+        """Stop sampling; returns (t, cpu) as lists (cpu: one list per sample)."""
+        if self.running:
+            cm_store(&self.s.stop, 1)
+            with nogil:
+                pthread_join(self.thread, NULL)
+            self.running = False
+        cdef Py_ssize_t k
+        cdef int n = self.s.n_slots
+        t = [self.s.t[k] for k in range(self.s.count)]
+        cpu = [[self.s.cpu[k * n + i] for i in range(n)] for k in range(self.s.count)]
+        return t, cpu
+
+    @property
+    def interval(self):
+        """The current sampling interval in seconds (it doubles as runs grow long)."""
+        return self.s.interval_ns * 1e-9
+
+
+# ---------------------------------------------------------------------------
+# The GIL probe
+# ---------------------------------------------------------------------------
+# Every `interval`, a native thread asks for the GIL and notes how long it
+# waited. When no thread holds the GIL, that is a microsecond. When Python
+# threads keep it busy, it is about a switch interval (sys.getswitchinterval(),
+# 5 ms): that is how long CPython lets a waiter wait before asking the holder
+# to let go. A compiled call that holds the GIL makes the probe wait until it
+# returns. So "waiting / (waiting + sleeping)" estimates how busy the GIL was.
+# Waits are summed into time bins, so a long run keeps bounded memory.
+cdef struct ProbeState:
+    atomic_int stop
+    long interval_ns
+    double bin_width               # seconds per bin; doubles when bins run out
+    double t0
+    Py_ssize_t n_bins              # capacity
+    Py_ssize_t used                # bins touched so far
+    double* wait                   # [n_bins] seconds spent waiting for the GIL
+    double* span                   # [n_bins] seconds of probing (sleep + wait)
+    double total_wait
+    double total_span
+    long probes
+
+
+cdef void _probe_merge(ProbeState* p) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(p.n_bins // 2):
+        p.wait[k] = p.wait[2 * k] + p.wait[2 * k + 1]
+        p.span[k] = p.span[2 * k] + p.span[2 * k + 1]
+    for k in range(p.n_bins // 2, p.n_bins):
+        p.wait[k] = 0
+        p.span[k] = 0
+    p.bin_width *= 2
+    p.used = (p.used + 1) // 2
+
+
+cdef void* _probe_main(void* arg) noexcept nogil:
+    cdef ProbeState* p = <ProbeState*>arg
+    cdef double start, asked, got
+    cdef Py_ssize_t b
+    # `with gil` in a thread Python did not create makes a thread state for
+    # it; the nested `with nogil` gives the GIL straight back. Inside, each
+    # `with gil` re-takes the GIL with that same thread state (no churn).
+    with gil:
+        with nogil:
+            while not cm_load(&p.stop):
+                start = _now()
+                _sleep_ns(p.interval_ns)
+                asked = _now()
+                with gil:
+                    pass                   # the whole probe: get it, let go
+                got = _now()
+                b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+                while b >= p.n_bins:
+                    _probe_merge(p)
+                    b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+                p.wait[b] += got - asked
+                p.span[b] += got - start
+                if b + 1 > p.used:
+                    p.used = b + 1
+                p.total_wait += got - asked
+                p.total_span += got - start
+                p.probes += 1
+    return NULL
+
+
+cdef class GilProbe:
+    """Measures how busy the GIL is, from a native thread (see above).
+
+    ``start()``, then ``stop()`` returns a dict: ``wait_fraction`` (total wait
+    / total probe time), ``probes``, and per-bin ``t`` (bin starts, seconds
+    since start), ``wait`` and ``span``.
+    """
+    cdef ProbeState* p
+    cdef pthread_t thread
+    cdef bint running
+
+    def __cinit__(self, double interval=0.0005, double bin_width=0.005, Py_ssize_t n_bins=4096):
+        if not interval > 0 or not bin_width > 0 or n_bins < 2:
+            raise ValueError("interval and bin_width must be > 0, n_bins >= 2")
+        self.p = <ProbeState*>calloc(1, sizeof(ProbeState))
+        if self.p == NULL:
+            raise MemoryError()
+        self.p.interval_ns = <long>(interval * 1e9)
+        self.p.bin_width = bin_width
+        self.p.n_bins = n_bins
+        self.p.wait = <double*>calloc(n_bins, sizeof(double))
+        self.p.span = <double*>calloc(n_bins, sizeof(double))
+        if self.p.wait == NULL or self.p.span == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.running:
+            cm_store(&self.p.stop, 1)
+            with nogil:                     # the probe needs the GIL to finish
+                pthread_join(self.thread, NULL)
+        if self.p != NULL:
+            free(self.p.wait)
+            free(self.p.span)
+            free(self.p)
+
+    def start(self):
+        if self.running:
+            raise RuntimeError("the probe is already running")
+        self.p.t0 = _now()
+        if pthread_create(&self.thread, NULL, _probe_main, self.p) != 0:
+            raise OSError("could not start the GIL probe thread")
+        self.running = True
+
+    def stop(self):
+        if self.running:
+            cm_store(&self.p.stop, 1)
+            # Joined without the GIL: the probe may be waiting for it.
+            with nogil:
+                pthread_join(self.thread, NULL)
+            self.running = False
+        cdef Py_ssize_t k
+        return {
+            "wait_fraction": self.p.total_wait / self.p.total_span if self.p.total_span > 0 else None,
+            "probes": self.p.probes,
+            "total_wait": self.p.total_wait,
+            "t0": self.p.t0,
+            "bin_width": self.p.bin_width,
+            "t": [k * self.p.bin_width for k in range(self.p.used)],
+            "wait": [self.p.wait[k] for k in range(self.p.used)],
+            "span": [self.p.span[k] for k in range(self.p.used)],
+        }

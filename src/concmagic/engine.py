@@ -36,13 +36,16 @@ def _check_timeout(timeout):
     return float(timeout)
 
 
-def run(func, n=4, model="threads", *, timeout=None, start_method=None, raise_errors=True):
+def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=True,
+        raise_errors=True):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1 under ``model``.
 
     Returns a Report. If a worker fails, raises WorkerError (with ``.report``)
     unless ``raise_errors`` is false. ``timeout`` (seconds) stops the workers
     still running then. ``start_method`` picks how processes start
-    ("forkserver" or "spawn"; processes model only).
+    ("forkserver" or "spawn"; processes model only). ``measure`` runs the
+    CPU sampler and GIL probe beside the workers (``report.samples``,
+    ``report.gil_wait``); switch it off for the last microseconds.
     """
     if not callable(func):
         raise TypeError(f"func must be callable; got {type(func).__name__}")
@@ -52,15 +55,22 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, raise_er
         raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}")
     if start_method is not None and model != "processes":
         raise ValueError(f"start_method applies to model='processes' only; got model={model!r}")
+    instruments = None
+    if measure:
+        from .measure import Measurement
+        # Worker processes have GILs of their own: the probe, which watches
+        # this process's GIL, would say nothing about them.
+        instruments = Measurement(n, gil=model != "processes")
     if model == "serial":
         from .runners.serial import run_serial
-        report = run_serial(func, n, timeout=timeout)
+        report = run_serial(func, n, timeout=timeout, measure=instruments)
     elif model == "threads":
         from .runners.threads import run_threads
-        report = run_threads(func, n, timeout=timeout)
+        report = run_threads(func, n, timeout=timeout, measure=instruments)
     else:
         from .runners.processes import run_processes
-        report = run_processes(func, n, timeout=timeout, start_method=start_method)
+        report = run_processes(func, n, timeout=timeout, start_method=start_method,
+                               measure=instruments)
     if raise_errors and report.errors:
         raise WorkerError(report)
     return report

@@ -1,11 +1,12 @@
 """Pieces the in-process runners share: stopping a thread, formatting errors."""
+import contextlib
 import ctypes
 import threading
 import traceback
 
 from .. import kernels
 
-__all__ = ["StopRequest", "Stoppable", "format_error", "STOP_GRACE"]
+__all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "STOP_GRACE"]
 
 #: Seconds a stopped worker gets to unwind before it is reported as stuck.
 #: Pure-Python code stops at its next bytecode; compiled kernels within a
@@ -127,3 +128,30 @@ def format_error(error, skip=1, as_error=None):
     frames = "".join(traceback.format_tb(tb))
     closing = "".join(traceback.format_exception_only(type(as_error), as_error))
     return f"Traceback (most recent call last):\n{frames}{closing}"
+
+
+@contextlib.contextmanager
+def measured(measure):
+    """Run a block with ``measure`` started; yields ``done(t0) -> Samples``.
+
+    The instruments are stopped however the block ends (Ctrl-C included),
+    and a second stop by ``done`` is harmless.
+    """
+    if measure is None:
+        yield lambda t0: None
+        return
+    measure.start()
+    t0_seen = []
+    try:
+        yield lambda t0: (t0_seen.append(t0), measure.stop(t0))[1]
+    finally:
+        if not t0_seen:
+            measure.stop(0.0)
+
+
+def attach(report, samples):
+    """Put the measured series and GIL figure on the report."""
+    if samples is not None:
+        report.samples = samples
+        report.gil_wait = samples.gil_wait_fraction
+    return report

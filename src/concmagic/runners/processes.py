@@ -38,6 +38,7 @@ import cloudpickle
 from ..errors import RemoteTraceback, RunTimeout, ShipError, WorkerDied
 from ..report import Report, WorkerRun
 from . import _worker
+from ._common import attach, measured
 
 __all__ = ["run_processes", "shutdown", "pool_status", "START_METHODS", "ship"]
 
@@ -222,7 +223,7 @@ def _gang_for(method):
         return _gangs[method]
 
 
-def run_processes(func, n, *, timeout=None, start_method=None):
+def run_processes(func, n, *, timeout=None, start_method=None, measure=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report."""
     method = DEFAULT_START_METHOD if start_method is None else start_method
     if method not in START_METHODS:
@@ -238,9 +239,14 @@ def run_processes(func, n, *, timeout=None, start_method=None):
         raise RuntimeError("the process pool is busy with another run; "
                            "runs in processes cannot be nested or run at once")
     try:
-        t0 = time.perf_counter()
-        gang.resize(n)
-        return _run(gang, payload, n, timeout, t0)
+        with measured(measure) as done:
+            t0 = time.perf_counter()
+            gang.resize(n)
+            if measure is not None:
+                for worker_id, proc in enumerate(gang.procs):
+                    measure.register_pid(worker_id, proc.pid)
+            report = _run(gang, payload, n, timeout, t0)
+            return attach(report, done(t0))
     except Exception:
         # A run that failed part-way may have left workers busy and replies
         # unread in the pipes, which the next run would take for its own

@@ -12,7 +12,7 @@ import time
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import Stoppable
+from ._common import Stoppable, attach, measured
 
 __all__ = ["run_serial"]
 
@@ -21,8 +21,21 @@ class _Expired(Exception):
     """The run's time was up before this worker's cell began."""
 
 
-def run_serial(func, n, *, timeout=None):
+def run_serial(func, n, *, timeout=None, measure=None):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1, one after another."""
+    with measured(measure) as done:
+        if measure is not None:
+            # Every worker runs on this thread; the report counts each one's
+            # CPU between its own start and end.
+            for slot in range(n):
+                measure.register_thread(slot)
+        report, t0 = _run_serial(func, n, timeout)
+        samples = done(t0)
+    return attach(report, samples)
+
+
+def _run_serial(func, n, timeout):
+    """The run itself; returns (report, its start time)."""
     stopper = Stoppable()
     expired = threading.Event()
     timer = None
@@ -64,7 +77,8 @@ def run_serial(func, n, *, timeout=None):
         if timer is not None:
             timer.cancel()
             timer.join()
-    return Report(model="serial", n_workers=n, wall=time.perf_counter() - t0, workers=runs)
+    report = Report(model="serial", n_workers=n, wall=time.perf_counter() - t0, workers=runs)
+    return report, t0
 
 
 def _run_one(func, worker_id, n, t0, stopper, capture):

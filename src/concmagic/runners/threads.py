@@ -26,7 +26,7 @@ import time
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import STOP_GRACE, Stoppable
+from ._common import STOP_GRACE, Stoppable, attach, measured
 
 __all__ = ["run_threads", "shutdown", "gang_status"]
 
@@ -63,10 +63,11 @@ class _StartGate:
 
 
 class _Job:
-    __slots__ = ("func", "n", "barrier", "capture", "done", "t0")
+    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure")
 
-    def __init__(self, func, n, capture):
+    def __init__(self, func, n, capture, measure):
         self.func = func
+        self.measure = measure
         self.n = n
         self.barrier = _StartGate(n)
         self.capture = capture
@@ -97,6 +98,8 @@ class _Worker:
     def _execute(self, job, worker_id):
         run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=threading.get_native_id())
         job.capture.register()
+        if job.measure is not None:
+            job.measure.register_thread(worker_id)
         job.barrier.wait(_BARRIER_TIMEOUT)        # on timeout: a laggard; start anyway
         c0 = time.thread_time()
         run.start = time.perf_counter() - job.t0
@@ -136,7 +139,7 @@ class _Gang:
 _gang = _Gang()
 
 
-def run_threads(func, n, *, timeout=None):
+def run_threads(func, n, *, timeout=None, measure=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n threads at once; a Report."""
     # A run started from inside a worker (a cell calling concmagic.run) must
     # not wait for the gang it is running on: it gets a gang of its own.
@@ -146,7 +149,7 @@ def run_threads(func, n, *, timeout=None):
         gang = _Gang()
     try:
         gang.resize(n)
-        return _run(gang, func, n, timeout)
+        return _run(gang, func, n, timeout, measure)
     finally:
         if own:
             gang.shutdown()
@@ -154,9 +157,9 @@ def run_threads(func, n, *, timeout=None):
             gang.lock.release()
 
 
-def _run(gang, func, n, timeout):
-    with capture_threads() as capture:
-        job = _Job(func, n, capture)
+def _run(gang, func, n, timeout, measure):
+    with capture_threads() as capture, measured(measure) as done:
+        job = _Job(func, n, capture, measure)
         for worker_id, worker in enumerate(gang.workers):
             worker.stopper.arm()
             worker.inbox.put((job, worker_id))
@@ -176,10 +179,11 @@ def _run(gang, func, n, timeout):
             _stop(gang, job, runs, KeyboardInterrupt())
             raise
         wall = time.perf_counter() - job.t0
+        samples = done(job.t0)
     report = Report(model="threads", n_workers=n, wall=wall,
                     workers=[runs[i] for i in range(n)])
     report.notes.extend(notes)
-    return report
+    return attach(report, samples)
 
 
 def _stop(gang, job, runs, reason):

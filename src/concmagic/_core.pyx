@@ -579,6 +579,7 @@ cdef class Sampler:
 # Waits are summed into time bins, so a long run keeps bounded memory.
 cdef struct ProbeState:
     atomic_int stop
+    atomic_int ready               # 1 once the probe thread has its thread state
     long interval_ns
     double bin_width               # seconds per bin; doubles when bins run out
     double t0
@@ -612,6 +613,7 @@ cdef void* _probe_main(void* arg) noexcept nogil:
     # `with gil` re-takes the GIL with that same thread state (no churn).
     with gil:
         with nogil:
+            cm_store(&p.ready, 1)
             while not cm_load(&p.stop):
                 start = _now()
                 _sleep_ns(p.interval_ns)
@@ -675,6 +677,12 @@ cdef class GilProbe:
         if pthread_create(&self.thread, NULL, _probe_main, self.p) != 0:
             raise OSError("could not start the GIL probe thread")
         self.running = True
+        # The probe's first act is to take the GIL once, to get a thread
+        # state; wait for that with the GIL released, or a worker that takes
+        # the GIL and keeps it would leave the probe blind for the whole run.
+        with nogil:
+            while not cm_load(&self.p.ready):
+                _sleep_ns(20000)
 
     def stop(self):
         if self.running:

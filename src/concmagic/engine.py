@@ -37,7 +37,7 @@ def _check_timeout(timeout):
 
 
 def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=True,
-        raise_errors=True):
+        progress=None, raise_errors=True):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1 under ``model``.
 
     Returns a Report. If a worker fails, raises WorkerError (with ``.report``)
@@ -46,6 +46,9 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     ("forkserver" or "spawn"; processes model only). ``measure`` runs the
     CPU sampler and GIL probe beside the workers (``report.samples``,
     ``report.gil_wait``); switch it off for the last microseconds.
+    ``progress`` (a concmagic.progress.Progress) shows live lines on long
+    runs in threads and processes (serial work runs on the calling thread,
+    which then has no time to draw).
     """
     if not callable(func):
         raise TypeError(f"func must be callable; got {type(func).__name__}")
@@ -66,11 +69,11 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         report = run_serial(func, n, timeout=timeout, measure=instruments)
     elif model == "threads":
         from .runners.threads import run_threads
-        report = run_threads(func, n, timeout=timeout, measure=instruments)
+        report = run_threads(func, n, timeout=timeout, measure=instruments, progress=progress)
     else:
         from .runners.processes import run_processes
         report = run_processes(func, n, timeout=timeout, start_method=start_method,
-                               measure=instruments)
+                               measure=instruments, progress=progress)
     if raise_errors and report.errors:
         raise WorkerError(report)
     return report

@@ -6,7 +6,8 @@ import traceback
 
 from .. import kernels
 
-__all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "STOP_GRACE"]
+__all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "wait_slice",
+           "STOP_GRACE"]
 
 #: Seconds a stopped worker gets to unwind before it is reported as stuck.
 #: Pure-Python code stops at its next bytecode; compiled kernels within a
@@ -155,3 +156,11 @@ def attach(report, samples):
         report.samples = samples
         report.gil_wait = samples.gil_wait_fraction
     return report
+
+
+def wait_slice(left, progress):
+    """How long a runner's wait loop may block: until the deadline (``left``
+    seconds, None for none), but no longer than the next progress update."""
+    if progress is None:
+        return left
+    return progress.every if left is None else min(left, progress.every)

@@ -38,7 +38,7 @@ import cloudpickle
 from ..errors import RemoteTraceback, RunTimeout, ShipError, WorkerDied
 from ..report import Report, WorkerRun
 from . import _worker
-from ._common import attach, measured
+from ._common import attach, measured, wait_slice
 
 __all__ = ["run_processes", "shutdown", "pool_status", "START_METHODS", "ship"]
 
@@ -223,7 +223,7 @@ def _gang_for(method):
         return _gangs[method]
 
 
-def run_processes(func, n, *, timeout=None, start_method=None, measure=None):
+def run_processes(func, n, *, timeout=None, start_method=None, measure=None, progress=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report."""
     method = DEFAULT_START_METHOD if start_method is None else start_method
     if method not in START_METHODS:
@@ -242,10 +242,12 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None):
         with measured(measure) as done:
             t0 = time.perf_counter()
             gang.resize(n)
-            if measure is not None:
-                for worker_id, proc in enumerate(gang.procs):
+            for worker_id, proc in enumerate(gang.procs):
+                if measure is not None:
                     measure.register_pid(worker_id, proc.pid)
-            report = _run(gang, payload, n, timeout, t0)
+                if progress is not None:
+                    progress.watch_pid(worker_id, proc.pid)
+            report = _run(gang, payload, n, timeout, t0, progress)
             return attach(report, done(t0))
     except Exception:
         # A run that failed part-way may have left workers busy and replies
@@ -257,7 +259,7 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None):
         gang.lock.release()
 
 
-def _run(gang, payload, n, timeout, t0):
+def _run(gang, payload, n, timeout, t0, progress=None):
     procs = list(gang.procs)
     for worker_id, proc in enumerate(procs):
         proc.conn.send((worker_id, n))
@@ -267,13 +269,18 @@ def _run(gang, payload, n, timeout, t0):
     try:
         while len(runs) < n:
             left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-            if not _collect(procs, runs, t0, left):
-                notes = _stop(gang, procs, runs, t0, RunTimeout(
-                    f"did not finish within the timeout of {timeout:g} s; stopped"))
-                break
+            if not _collect(procs, runs, t0, wait_slice(left, progress)):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    notes = _stop(gang, procs, runs, t0, RunTimeout(
+                        f"did not finish within the timeout of {timeout:g} s; stopped"))
+                    break
+                progress.tick(t0, runs)           # only a progress slice ran out
     except KeyboardInterrupt:
         _stop(gang, procs, runs, t0, KeyboardInterrupt())
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     wall = time.perf_counter() - t0
     report = Report(model="processes", n_workers=n, wall=wall, workers=[runs[i] for i in range(n)])
     report.notes.extend(notes)

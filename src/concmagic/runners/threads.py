@@ -26,7 +26,7 @@ import time
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import STOP_GRACE, Stoppable, attach, measured
+from ._common import STOP_GRACE, Stoppable, attach, measured, wait_slice
 
 __all__ = ["run_threads", "shutdown", "gang_status"]
 
@@ -63,11 +63,12 @@ class _StartGate:
 
 
 class _Job:
-    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure")
+    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure", "progress")
 
-    def __init__(self, func, n, capture, measure):
+    def __init__(self, func, n, capture, measure, progress):
         self.func = func
         self.measure = measure
+        self.progress = progress
         self.n = n
         self.barrier = _StartGate(n)
         self.capture = capture
@@ -100,6 +101,8 @@ class _Worker:
         job.capture.register()
         if job.measure is not None:
             job.measure.register_thread(worker_id)
+        if job.progress is not None:
+            job.progress.watch_thread(worker_id, threading.get_ident())
         job.barrier.wait(_BARRIER_TIMEOUT)        # on timeout: a laggard; start anyway
         c0 = time.thread_time()
         run.start = time.perf_counter() - job.t0
@@ -139,7 +142,7 @@ class _Gang:
 _gang = _Gang()
 
 
-def run_threads(func, n, *, timeout=None, measure=None):
+def run_threads(func, n, *, timeout=None, measure=None, progress=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n threads at once; a Report."""
     # A run started from inside a worker (a cell calling concmagic.run) must
     # not wait for the gang it is running on: it gets a gang of its own.
@@ -149,7 +152,7 @@ def run_threads(func, n, *, timeout=None, measure=None):
         gang = _Gang()
     try:
         gang.resize(n)
-        return _run(gang, func, n, timeout, measure)
+        return _run(gang, func, n, timeout, measure, progress)
     finally:
         if own:
             gang.shutdown()
@@ -157,9 +160,9 @@ def run_threads(func, n, *, timeout=None, measure=None):
             gang.lock.release()
 
 
-def _run(gang, func, n, timeout, measure):
+def _run(gang, func, n, timeout, measure, progress):
     with capture_threads() as capture, measured(measure) as done:
-        job = _Job(func, n, capture, measure)
+        job = _Job(func, n, capture, measure, progress)
         for worker_id, worker in enumerate(gang.workers):
             worker.stopper.arm()
             worker.inbox.put((job, worker_id))
@@ -169,15 +172,21 @@ def _run(gang, func, n, timeout, measure):
             while len(runs) < n:
                 left = None if deadline is None else max(0.0, deadline - time.perf_counter())
                 try:
-                    run = job.done.get(timeout=left)
+                    run = job.done.get(timeout=wait_slice(left, progress))
                 except queue.Empty:
-                    notes = _stop(gang, job, runs, RunTimeout(
-                        f"did not finish within the timeout of {timeout:g} s; stopped"))
-                    break
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        notes = _stop(gang, job, runs, RunTimeout(
+                            f"did not finish within the timeout of {timeout:g} s; stopped"))
+                        break
+                    progress.tick(job.t0, runs)   # only a progress slice ran out
+                    continue
                 runs[run.worker_id] = run
         except KeyboardInterrupt:
             _stop(gang, job, runs, KeyboardInterrupt())
             raise
+        finally:
+            if progress is not None:
+                progress.close()
         wall = time.perf_counter() - job.t0
         samples = done(job.t0)
     report = Report(model="threads", n_workers=n, wall=wall,

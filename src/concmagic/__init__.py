@@ -9,6 +9,7 @@ from ._version import __version__
 
 __all__ = [
     "__version__", "run", "shutdown", "status", "kernels",
+    "compare", "Comparison", "gilcheck", "GilCheck",
     "Report", "WorkerRun", "WorkerError", "ShipError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
@@ -17,6 +18,8 @@ __all__ = [
 # to reach its worker loop and should not pay for NumPy or the report code.
 _LAZY = {
     "run": ("engine", "run"), "shutdown": ("engine", "shutdown"), "status": ("engine", "status"),
+    "compare": ("comparison", "compare"), "Comparison": ("comparison", "Comparison"),
+    "gilcheck": ("gil", "gilcheck"), "GilCheck": ("gil", "GilCheck"),
     "Report": ("report", "Report"), "WorkerRun": ("report", "WorkerRun"),
     "WorkerError": ("errors", "WorkerError"), "ShipError": ("errors", "ShipError"),
 }

@@ -3,11 +3,15 @@
     %%threads -n 4        the cell in 4 threads (shared memory, one GIL)
     %%processes -n 4      the cell in 4 worker processes (isolated memory)
     %threads -n 4 expr    the line forms evaluate one expression per worker
+    %%compare -n 4        serial vs threads vs processes: one table, a verdict
+    %gilcheck f(x)        does this call release the GIL? measured
     %concmagic            status: pools, cores, the GIL; `%concmagic shutdown`
 
 In each, the cell is a function of ``worker_id`` (0..n-1) and ``n_workers``;
 its value is the list of the workers' last-expression values. Options shared
-by the magics are declared once (``_run_options``) and stacked on each.
+by the magics are declared once (``_run_options``, ``_compare_options``) and
+stacked on each. ``%%compare`` and ``%gilcheck`` display their result object
+(a Comparison, a GilCheck) and return None; ``-o NAME`` stores it.
 """
 import keyword
 import os
@@ -23,37 +27,66 @@ from traitlets import Float, Integer, Unicode
 
 from . import engine
 from .cell import CellError, make_cell_function, unpack_pulled
+from .comparison import DEFAULT_MODELS
 from .errors import ShipError, WorkerError
 from .runners.processes import START_METHODS
 
 __all__ = ["ConcMagic"]
 
 
-def _run_options(func):
-    """The options every running magic takes (written once, stacked on each)."""
-    options = [
-        magic_arguments.argument(
-            "-n", "--workers", type=int, default=None, metavar="N",
-            help="number of workers (default: %%config ConcMagic.workers, else the cores)"),
-        magic_arguments.argument(
-            "-o", "--out", metavar="NAME",
-            help="store the whole Report in the variable NAME"),
-        magic_arguments.argument(
-            "--pull", metavar="A,B",
-            help="bring back the workers' values of these names, as lists in worker order"),
-        magic_arguments.argument(
-            "-q", "--quiet", action="store_true",
-            help="show no report, only the results"),
-        magic_arguments.argument(
-            "--timeout", type=float, default=None, metavar="SECONDS",
-            help="stop the workers still running after SECONDS"),
-        magic_arguments.argument(
-            "code", nargs="*",
-            help="line form only: the expression each worker evaluates"),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# The options, each written once; `_run_options` and `_compare_options`
+# stack them (an argument decorator may decorate several magics).
+_WORKERS = magic_arguments.argument(
+    "-n", "--workers", type=int, default=None, metavar="N",
+    help="number of workers (default: %%config ConcMagic.workers, else the cores)")
+_PULL = magic_arguments.argument(
+    "--pull", metavar="A,B",
+    help="bring back the workers' values of these names, as lists in worker order")
+_TIMEOUT = magic_arguments.argument(
+    "--timeout", type=float, default=None, metavar="SECONDS",
+    help="stop the workers still running after SECONDS")
+_NO_MEASURE = magic_arguments.argument(
+    "--no-measure", action="store_true",
+    help="run without the CPU sampler and GIL probe (no GIL figure, no CPU timeline)")
+_CODE = magic_arguments.argument(
+    "code", nargs="*",
+    help="line form only: the expression each worker evaluates")
+
+
+def _stack(*options):
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return apply
+
+
+#: The options every running magic takes (written once, stacked on each).
+_run_options = _stack(
+    _WORKERS,
+    magic_arguments.argument("-o", "--out", metavar="NAME",
+                             help="store the whole Report in the variable NAME"),
+    _PULL,
+    magic_arguments.argument("-q", "--quiet", action="store_true",
+                             help="show no report, only the results"),
+    _TIMEOUT, _NO_MEASURE, _CODE)
+
+#: The options of %%compare.
+_compare_options = _stack(
+    _WORKERS,
+    magic_arguments.argument(
+        "--models", metavar="A,B", default=None,
+        help=f"comma-separated models to compare, in run order (default: "
+             f"{','.join(DEFAULT_MODELS)}; any of {', '.join(engine.MODELS)})"),
+    magic_arguments.argument("-o", "--out", metavar="NAME",
+                             help="store the Comparison in the variable NAME"),
+    magic_arguments.argument("-q", "--quiet", action="store_true",
+                             help="show no comparison"),
+    _TIMEOUT, _NO_MEASURE,
+    magic_arguments.argument(
+        "--start-method", choices=START_METHODS, default=None,
+        help="how the worker processes start (default: %%config ConcMagic.start_method)"),
+    _CODE)
 
 
 @magics_class
@@ -84,6 +117,84 @@ class ConcMagic(Magics):
         """Run the cell in N worker processes: isolated memory, every core."""
         return self._run("processes", self.processes, line, cell)
 
+    @magic_arguments.magic_arguments()
+    @_compare_options
+    @line_cell_magic
+    def compare(self, line, cell=None):
+        """Run the cell serially, in N threads and in N processes; show one
+        table (wall, speedup, efficiency, CPU parallelism, GIL wait) and a
+        verdict measured against stated thresholds (concmagic.compare).
+
+        Displays the Comparison (unless -q) and returns None; -o NAME stores it.
+        If a worker fails, the models after it are not run: that report is
+        shown, -o stores the comparison so far, and WorkerError is raised.
+        """
+        from .comparison import compare_functions
+
+        argv, code = _split_line(self.compare.parser, line)
+        args = self.compare.parser.parse_args(argv)
+        n = self._workers(args.workers)
+        timeout = self._timeout(args.timeout)
+        models = _parse_models(args.models)
+        _check_out(args.out)
+        prepared = self._prepare("compare", cell, code)
+        funcs = {m: _for_worker_processes(prepared.func) if m == "processes" else prepared.func
+                 for m in models}
+        try:
+            comparison = compare_functions(
+                funcs, n, timeout=timeout, measure=not args.no_measure,
+                start_method=args.start_method or self.start_method)
+        except ShipError as exc:
+            raise _ship_usage_error(exc) from None
+        except WorkerError as exc:
+            if args.out and getattr(exc, "comparison", None) is not None:
+                self.shell.user_ns[args.out] = exc.comparison
+            _write_output(exc.report)
+            if not args.quiet:
+                display(exc.report)
+            raise
+        note = _global_note(prepared)
+        if note and "processes" in comparison.reports:
+            comparison.reports["processes"].notes.append(note)
+        if args.out:
+            self.shell.user_ns[args.out] = comparison
+        _write_output(next(iter(comparison.reports.values())))  # the first run's output
+        if not args.quiet:
+            display(comparison)
+        return None
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument("-o", "--out", metavar="NAME",
+                              help="store the GilCheck in the variable NAME")
+    @magic_arguments.argument("-q", "--quiet", action="store_true", help="show nothing")
+    @magic_arguments.argument("expression", nargs="*", help="the call to check, e.g. f(x)")
+    @line_magic
+    def gilcheck(self, line):
+        """Does this call release the GIL? Calls the expression repeatedly in a
+        thread for about 0.2 s while a native probe asks for the GIL, and says
+        which (concmagic.gilcheck). Displays the GilCheck (unless -q) and
+        returns None; -o NAME stores it.
+        """
+        from .gil import check_call
+
+        argv, code = _split_line(self.gilcheck.parser, line)
+        args = self.gilcheck.parser.parse_args(argv)
+        _check_out(args.out)
+        if not code:
+            raise UsageError("%gilcheck needs a call to check, e.g. `%gilcheck f(x)`")
+        try:
+            compiled = compile(f"lambda: (\n{code}\n)", "<gilcheck>", "eval")
+        except SyntaxError as exc:
+            raise UsageError(f"%gilcheck needs a Python expression; got {code!r} "
+                             f"({exc.msg})") from None
+        call = eval(compiled, self.shell.user_ns)   # names are looked up at each call
+        result = check_call(call, code)
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        if not args.quiet:
+            display(result)
+        return None
+
     # -- status ----------------------------------------------------------------
     @line_magic
     def concmagic(self, line):
@@ -105,47 +216,41 @@ class ConcMagic(Magics):
         n = self._workers(args.workers)
         timeout = self._timeout(args.timeout)
         pull = _parse_pull(args.pull)
-        if args.out is not None and not args.out.isidentifier():
-            raise UsageError(f"-o needs a variable name; got {args.out!r}")
-        if cell is None:
-            cell = code
-            if not cell.strip():
-                raise UsageError(f"%{model} needs an expression, e.g. `%{model} -n 2 worker_id`; "
-                                 f"or use the cell magic %%{model}")
-        elif code:
-            raise UsageError(f"%%{model} takes options only on its first line; "
-                             f"unexpected: {code!r}")
-        try:
-            prepared = make_cell_function(cell, self.shell.user_ns, pull=pull)
-        except CellError as exc:
-            raise UsageError(str(exc)) from None
+        _check_out(args.out)
+        prepared = self._prepare(model, cell, code, pull)
         func, options = prepared.func, {}
         if model == "processes":
             func = _for_worker_processes(func)
             options["start_method"] = args.start_method or self.start_method
         try:
-            report = engine.run(func, n, model, timeout=timeout, raise_errors=False, **options)
+            report = engine.run(func, n, model, timeout=timeout, raise_errors=False,
+                                measure=not args.no_measure, **options)
         except ShipError as exc:
-            if exc.name == "get_ipython":
-                # Only the cell's own get_ipython is swapped for the worker's
-                # stand-in; a notebook function calling it would ship the shell.
-                raise UsageError(
-                    "a notebook function this cell calls uses `!cmd` or `%magic` (it calls "
-                    "get_ipython()), and the notebook's shell cannot be sent to worker "
-                    "processes; put those lines in the %%processes cell itself, or use "
-                    "%%threads") from None
-            raise UsageError(str(exc)) from None
+            raise _ship_usage_error(exc) from None
         if pull:
             self._pull(report, pull)
-        if model == "processes" and prepared.global_names:
-            names = sorted(prepared.global_names)
-            report.notes.append(
-                f"{len(names)} name{'s' if len(names) != 1 else ''} assigned with `global` "
-                f"stayed in the worker processes: {', '.join(names)}")
+        note = _global_note(prepared)
+        if model == "processes" and note:
+            report.notes.append(note)
         self._show(report, args)
         if report.errors:
             raise WorkerError(report)
         return report.results
+
+    def _prepare(self, magic, cell, code, pull=()):
+        """The cell (or a line form's expression) as a CellFunction."""
+        if cell is None:
+            cell = code
+            if not cell.strip():
+                raise UsageError(f"%{magic} needs an expression, e.g. `%{magic} -n 2 worker_id`; "
+                                 f"or use the cell magic %%{magic}")
+        elif code:
+            raise UsageError(f"%%{magic} takes options only on its first line; "
+                             f"unexpected: {code!r}")
+        try:
+            return make_cell_function(cell, self.shell.user_ns, pull=pull)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
 
     def _workers(self, n):
         if n is None:
@@ -175,15 +280,61 @@ class ConcMagic(Magics):
     def _show(self, report, args):
         if args.out:
             self.shell.user_ns[args.out] = report
-        for run in report.workers:               # grouped by worker, never interleaved
-            if run.stdout:
-                sys.stdout.write(_block("stdout", run.worker_id, run.stdout))
-            if run.stderr:
-                sys.stderr.write(_block("stderr", run.worker_id, run.stderr))
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _write_output(report)
         if not args.quiet:
             display(report)
+
+
+def _write_output(report):
+    """Each worker's stdout and stderr, grouped by worker, never interleaved."""
+    for run in report.workers:
+        if run.stdout:
+            sys.stdout.write(_block("stdout", run.worker_id, run.stdout))
+        if run.stderr:
+            sys.stderr.write(_block("stderr", run.worker_id, run.stderr))
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _check_out(name):
+    if name is not None and not name.isidentifier():
+        raise UsageError(f"-o needs a variable name; got {name!r}")
+
+
+def _ship_usage_error(exc):
+    """The UsageError for a ShipError (something the cell uses cannot travel)."""
+    if exc.name == "get_ipython":
+        # Only the cell's own get_ipython is swapped for the worker's
+        # stand-in; a notebook function calling it would ship the shell.
+        return UsageError(
+            "a notebook function this cell calls uses `!cmd` or `%magic` (it calls "
+            "get_ipython()), and the notebook's shell cannot be sent to worker "
+            "processes; put those lines in the %%processes cell itself, or use "
+            "%%threads")
+    return UsageError(str(exc))
+
+
+def _global_note(prepared):
+    """The note for names a cell assigns with `global`: in processes they stay there."""
+    if not prepared.global_names:
+        return None
+    names = sorted(prepared.global_names)
+    return (f"{len(names)} name{'s' if len(names) != 1 else ''} assigned with `global` "
+            f"stayed in the worker processes: {', '.join(names)}")
+
+
+def _parse_models(spec):
+    """``--models threads,processes`` -> ("threads", "processes"); default: all."""
+    if spec is None:
+        return DEFAULT_MODELS
+    models = tuple(m.strip() for m in spec.split(",") if m.strip())
+    bad = [m for m in models if m not in engine.MODELS]
+    if bad or not models:
+        raise UsageError(f"--models takes a comma-separated list of {', '.join(engine.MODELS)}; "
+                         f"got {spec!r}")
+    if len(set(models)) != len(models):
+        raise UsageError(f"--models names a model twice; got {spec!r}")
+    return models
 
 
 def _split_line(parser, line):

@@ -10,8 +10,8 @@ from .errors import WorkerError
 
 __all__ = ["MODELS", "run", "shutdown", "status"]
 
-#: Models ``run`` accepts. (asyncio and dask arrive with their own runners.)
-MODELS = ("serial", "threads", "processes")
+#: Models ``run`` accepts. (dask arrives with its own runner.)
+MODELS = ("serial", "threads", "processes", "asyncio")
 
 # The longest wait the runners can ask of the OS: poll(), under
 # multiprocessing.connection.wait, takes an int of milliseconds, and a longer
@@ -47,8 +47,16 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     CPU sampler and GIL probe beside the workers (``report.samples``,
     ``report.gil_wait``); switch it off for the last microseconds.
     ``progress`` (a concmagic.progress.Progress) shows live lines on long
-    runs in threads and processes (serial work runs on the calling thread,
-    which then has no time to draw).
+    runs in threads, processes and asyncio (serial work runs on the calling
+    thread, which then has no time to draw).
+
+    With ``model="asyncio"`` the workers are n tasks on one event loop, in a
+    thread of concmagic's own (never the caller's loop, so this works from a
+    Jupyter kernel or inside ``asyncio.run``). ``func`` is then normally a
+    coroutine function (``async def``), so it may ``await``; a plain function
+    is accepted and called as it is inside its task, holding the loop until
+    it returns (the other tasks wait: blocking code gains nothing from
+    asyncio). An awaitable it returns is awaited.
     """
     if not callable(func):
         raise TypeError(f"func must be callable; got {type(func).__name__}")
@@ -70,6 +78,9 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     elif model == "threads":
         from .runners.threads import run_threads
         report = run_threads(func, n, timeout=timeout, measure=instruments, progress=progress)
+    elif model == "asyncio":
+        from .runners.aio import run_asyncio
+        report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress)
     else:
         from .runners.processes import run_processes
         report = run_processes(func, n, timeout=timeout, start_method=start_method,
@@ -80,23 +91,25 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
 
 
 def shutdown():
-    """Stop the warm worker threads and processes (restarted when needed)."""
-    from .runners import processes, threads
+    """Stop the warm worker threads, event loop and processes (restarted when needed)."""
+    from .runners import aio, processes, threads
     threads.shutdown()
+    aio.shutdown()
     processes.shutdown()
 
 
 def status():
-    """What is running: warm threads, worker processes, cores, the GIL."""
+    """What is running: warm threads, the event loop, worker processes, cores, the GIL."""
     import os
     import sys
     import sysconfig
 
-    from .runners import processes, threads
+    from .runners import aio, processes, threads
     gil = getattr(sys, "_is_gil_enabled", None)
     return {
         "models": MODELS,
         "threads": threads.gang_status(),
+        "asyncio": aio.loop_status(),
         "processes": processes.pool_status(),
         "start_methods": processes.START_METHODS,
         "cores": os.cpu_count(),

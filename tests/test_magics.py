@@ -596,3 +596,39 @@ def test_no_leaks_over_200_runs(ip, model):
     assert out.outputs == [] and out.stdout == ""
     after = snapshot()
     assert after == before
+
+
+# -- %%asyncio ------------------------------------------------------------------
+def test_asyncio_cell_awaits_concurrently_and_returns_results_in_order(ip):
+    with capture_output() as cap:
+        out = ip.run_cell_magic("asyncio", "-n 4 -o rep",
+                                "import asyncio\nawait asyncio.sleep(0.3)\nprint('w', worker_id)\n"
+                                "worker_id * 10")
+    wall = ip.user_ns["rep"].wall           # the run's own wall: displaying it is not part of it
+    assert out == [0, 10, 20, 30]
+    assert wall < 0.3 * 4 * 0.6, f"4 tasks sleeping 0.3 s took {wall:.2f} s: not concurrent"
+    assert [line for line in cap.stdout.splitlines() if line.startswith("[stdout")] == \
+        [f"[stdout:{i}] w {i}" for i in range(4)]
+
+
+def test_asyncio_line_form_and_pull(ip):
+    with capture_output():
+        assert ip.run_line_magic("asyncio", "-n 2 -q worker_id + 1") == [1, 2]
+        ip.run_cell_magic("asyncio", "-n 2 -q --pull y", "y = worker_id * 3")
+    assert ip.user_ns["y"] == [0, 3]
+
+
+def test_asyncio_timeout_stops_an_awaiting_cell(ip):
+    t0 = time.perf_counter()
+    with capture_output():
+        result = ip.run_cell("%%asyncio -n 2 --timeout 0.5\nimport asyncio\nawait asyncio.sleep(100)")
+    assert time.perf_counter() - t0 < 5
+    assert isinstance(result.error_in_exec, WorkerError)
+    assert all(type(e).__name__ == "RunTimeout" for e in result.error_in_exec.errors.values())
+
+
+def test_threads_cell_rejects_await_but_asyncio_accepts_it(ip):
+    with pytest.raises(UsageError, match="await"):
+        ip.run_cell_magic("threads", "-n 1", "import asyncio\nawait asyncio.sleep(0)")
+    with capture_output():
+        assert ip.run_cell_magic("asyncio", "-n 1 -q", "import asyncio\nawait asyncio.sleep(0)\n7") == [7]

@@ -2,6 +2,7 @@
 
     %%threads -n 4        the cell in 4 threads (shared memory, one GIL)
     %%processes -n 4      the cell in 4 worker processes (isolated memory)
+    %%asyncio -n 4        the cell as 4 tasks on one event loop (await allowed)
     %threads -n 4 expr    the line forms evaluate one expression per worker
     %%compare -n 4        serial vs threads vs processes: one table, a verdict
     %gilcheck f(x)        does this call release the GIL? measured
@@ -27,6 +28,7 @@ from traitlets import Float, Integer, Unicode
 
 from . import engine
 from .cell import CellError, make_cell_function, unpack_pulled
+from .live import progress_for
 from .comparison import DEFAULT_MODELS
 from .errors import ShipError, WorkerError
 from .runners.processes import START_METHODS
@@ -116,6 +118,13 @@ class ConcMagic(Magics):
     def processes(self, line, cell=None):
         """Run the cell in N worker processes: isolated memory, every core."""
         return self._run("processes", self.processes, line, cell)
+
+    @magic_arguments.magic_arguments()
+    @_run_options
+    @line_cell_magic
+    def asyncio(self, line, cell=None):
+        """Run the cell as N tasks on one event loop (in a thread of its own): `await` is allowed."""
+        return self._run("asyncio", self.asyncio, line, cell)
 
     @magic_arguments.magic_arguments()
     @_compare_options
@@ -222,6 +231,9 @@ class ConcMagic(Magics):
         if model == "processes":
             func = _for_worker_processes(func)
             options["start_method"] = args.start_method or self.start_method
+        if model != "serial":
+            # Drawn by the runner's own wait loop; the magic starts no thread.
+            options["progress"] = progress_for(self.shell, model, n)
         try:
             report = engine.run(func, n, model, timeout=timeout, raise_errors=False,
                                 measure=not args.no_measure, **options)
@@ -248,7 +260,8 @@ class ConcMagic(Magics):
             raise UsageError(f"%%{magic} takes options only on its first line; "
                              f"unexpected: {code!r}")
         try:
-            return make_cell_function(cell, self.shell.user_ns, pull=pull)
+            return make_cell_function(cell, self.shell.user_ns, pull=pull,
+                                      is_async=magic == "asyncio")
         except CellError as exc:
             raise UsageError(str(exc)) from None
 
@@ -409,6 +422,7 @@ def _format_status(status, magic):
         f"default workers: {magic.workers or status['usable_cores']}"
         f"{'' if magic.workers else ' (one per core)'}",
         f"warm threads: {status['threads']['threads']}",
+        f"event loop: {'running' if status['asyncio']['running'] else 'not started'}",
     ]
     pools = status["processes"]
     if any(pools.values()):

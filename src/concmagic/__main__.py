@@ -1,102 +1,121 @@
-"""``python -m concmagic demo``: a terminal tour of the kernels' three paths.
+"""``python -m concmagic demo``: the terminal tour of threads, processes and the GIL.
 
-For each built-in CPU kernel: the single-thread time of each path, then the
-speedup of N threads (N = the cores present) doing N times the work, over one
-thread doing one share. Pure Python and the gil path stay near 1x: the GIL
-lets one thread run at a time. The nogil path approaches N x.
+For each built-in kernel and each of its three paths (pure Python, compiled
+holding the GIL, compiled releasing it), the same work runs serially, in N
+threads and in N processes (``concmagic.compare``); one table shows the
+speedups and how busy the GIL was, and each row ends in the verdict that
+the measurements support. ``--plot DIR`` saves every comparison's timelines.
+
+What it shows, when the machine has at least two free cores:
+  python, gil   threads gain nothing (the GIL is busy); processes do
+  nogil         threads and processes both run side by side
+  io_wait       waiting releases the GIL (python, nogil), unless the
+                extension forgets to (gil): then threads wait in line too
 """
 import argparse
+import functools
 import os
-import statistics
 import sys
-import threading
 import time
 
 import numpy as np
 
 from . import __version__, kernels
+from .comparison import compare, usable_cores
+from .report import format_time
 
-_PATHS = kernels.PATHS
-
-
-def _workloads(scale):
-    """name -> (make_call(worker_id) -> zero-arg callable), sized by path."""
-    def primes(path):
-        width = int((20_000 if path == "python" else 400_000) * scale)
-        base = 10_000_000
-        return lambda i: (lambda: kernels.count_primes(base + i * width, base + (i + 1) * width, path=path))
-
-    def pi(path):
-        n = int((100_000 if path == "python" else 5_000_000) * scale)
-        return lambda i: (lambda: kernels.monte_carlo_pi(n, seed=i, path=path))
-
-    def mandel(path):
-        rows = max(1, int((24 if path == "python" else 400) * scale))
-        def make(i):
-            out = np.zeros((rows, 400), dtype=np.int32)
-            return lambda: kernels.mandelbrot(out, max_iter=200, path=path)
-        return make
-
-    return {"count_primes": primes, "monte_carlo_pi": pi, "mandelbrot": mandel}
+# Work per worker, sized so that one worker's share takes ~0.1-0.3 s on this
+# project's machines: long enough to measure, short enough for a tour.
+_SIZES = {
+    "count_primes": {"python": 6_000, "gil": 120_000, "nogil": 120_000},
+    "monte_carlo_pi": {"python": 40_000, "gil": 16_000_000, "nogil": 16_000_000},
+    "mandelbrot": {"python": 10, "gil": 400, "nogil": 400},       # rows of 600 points
+    "io_wait": {"python": 0.2, "gil": 0.2, "nogil": 0.2},         # seconds
+}
 
 
-def _time_threads(make, n, repeat):
-    """Wall times of n threads, each running its own share, started together."""
-    times = []
-    for _ in range(repeat):
-        calls = [make(i) for i in range(n)]
-        barrier = threading.Barrier(n + 1)
-        def work(call):
-            barrier.wait()
-            call()
-        threads = [threading.Thread(target=work, args=(c,)) for c in calls]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        times.append(time.perf_counter() - t0)
-    return times
+# Module-level cells, so worker processes import them by name (no pickling of
+# code); functools.partial fixes the path and size.
+def primes_cell(worker_id, n_workers, path, size):
+    # Equal-width ranges high up, where neighbouring ranges cost the same.
+    lo = 10**9 + worker_id * size
+    return kernels.count_primes(lo, lo + size, path=path)
 
 
-def _fmt(seconds):
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns"
+def pi_cell(worker_id, n_workers, path, size):
+    return kernels.monte_carlo_pi(size, seed=worker_id, path=path)
+
+
+def mandelbrot_cell(worker_id, n_workers, path, size):
+    # Each worker fills its own band of one image; in threads it could be one
+    # shared array (see notebooks/06), here each keeps its own for simplicity.
+    out = np.zeros((size, 600), dtype=np.int32)
+    kernels.mandelbrot(out, xmin=-2.0, xmax=1.0, ymin=-0.1, ymax=0.1, max_iter=200, path=path)
+    return int(out.sum())
+
+
+def io_cell(worker_id, n_workers, path, size):
+    kernels.io_wait(size, path=path)
+
+
+_CELLS = {"count_primes": primes_cell, "monte_carlo_pi": pi_cell,
+          "mandelbrot": mandelbrot_cell, "io_wait": io_cell}
 
 
 def demo(args):
-    n = args.threads or os.cpu_count() or 1
-    print(f"concmagic {__version__} demo - Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, {n} threads")
-    print("Each figure: min (median) of repeats. Speedup = N x one share's work "
-          f"in {n} threads vs one share in one thread (ideal: {n}.00x).\n")
-    print(f"{'kernel':<16}{'path':<8}{'1 thread':>20}{f'{n} threads':>20}{'speedup':>10}")
-    for name, workload in _workloads(args.scale).items():
-        for path in _PATHS:
-            make = workload(path)
-            make(0)()                               # warm-up, kept apart
-            one = _time_threads(make, 1, args.repeat)
-            many = _time_threads(make, n, args.repeat)
-            speedup = n * min(one) / min(many)
-            print(f"{name:<16}{path:<8}"
-                  f"{_fmt(min(one)) + ' (' + _fmt(statistics.median(one)) + ')':>20}"
-                  f"{_fmt(min(many)) + ' (' + _fmt(statistics.median(many)) + ')':>20}"
-                  f"{speedup:>9.2f}x")
-    if n <= 1:
-        print("\nOnly one core: no thread can run beside another, so no speedup is possible here.")
+    n = args.workers or max(2, usable_cores())
+    print(f"concmagic {__version__} demo: Python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} CPUs ({usable_cores()} usable), {n} workers")
+    if usable_cores() < n:
+        print(f"note: {usable_cores()} usable cores cap any speedup at {usable_cores()}x.")
+    print("Each row: the same work serially, in threads and in processes. Speedup = serial wall "
+          "/ model wall;\nGIL = how busy the GIL was during the threads run (probe wait "
+          "fraction).\n")
+    header = f"{'kernel':<15}{'path':<7}{'serial':>9}{'threads':>9}{'processes':>11}{'GIL':>6}  verdict"
+    print(header)
+    print("-" * len(header))
+    verdicts = []
+    t_start = time.perf_counter()
+    kernels_wanted = args.kernels.split(",") if args.kernels else list(_CELLS)
+    for name in kernels_wanted:
+        if name not in _CELLS:
+            sys.exit(f"unknown kernel {name!r}; choose from {', '.join(_CELLS)}")
+        for path in kernels.PATHS:
+            size = _SIZES[name][path]
+            size = type(size)(size * args.scale) if name != "mandelbrot" else max(1, int(size * args.scale))
+            cell = functools.partial(_CELLS[name], path=path, size=size)
+            comparison = compare(cell, n)
+            threads = comparison.reports["threads"]
+            gil = "-" if threads.gil_wait is None else f"{threads.gil_wait:.0%}"
+            print(f"{name:<15}{path:<7}{format_time(comparison.reports['serial'].wall):>9}"
+                  f"{comparison.speedup('threads'):>8.2f}x{comparison.speedup('processes'):>10.2f}x"
+                  f"{gil:>6}  {comparison.kind}")
+            verdicts.append((name, path, comparison.verdict))
+            if args.plot:
+                os.makedirs(args.plot, exist_ok=True)
+                comparison.plot(path=os.path.join(args.plot, f"{name}-{path}.png"))
+    print("\nVerdicts:")
+    for name, path, verdict in verdicts:
+        print(f"  {name} ({path}): {verdict}")
+    if args.plot:
+        print(f"\nTimelines saved in {args.plot}/ (one PNG per kernel and path).")
+    print(f"\nTour done in {format_time(time.perf_counter() - t_start)}.")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m concmagic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m concmagic",
+                                     description=__doc__.splitlines()[0].split(": ", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="time the built-in kernels in their three paths")
-    p.add_argument("--threads", type=int, default=0, help="threads to compare against one (default: cores)")
-    p.add_argument("--repeat", type=int, default=5, help="repeats per figure (default: 5)")
+    p = sub.add_parser("demo", help="compare the models on the built-in kernels, in all paths")
+    p.add_argument("-n", "--workers", type=int, default=0,
+                   help="workers per model (default: the usable cores, at least 2)")
+    p.add_argument("--kernels", default="", help="comma-separated subset of: " + ", ".join(_CELLS))
     p.add_argument("--scale", type=float, default=1.0, help="multiply every work size")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="save each comparison's timelines as DIR/<kernel>-<path>.png")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers must be a positive integer; got {args.workers}")
     if args.command == "demo":
         demo(args)
 

@@ -470,7 +470,7 @@ class Comparison:
             try:
                 from .plot import figure_png, plot_comparison
                 self._png = figure_png(plot_comparison(self))
-            except (ImportError, AttributeError):
+            except Exception:           # a repr must never raise: the table still shows
                 self._png = b""
         return self._png or None
 

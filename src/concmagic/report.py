@@ -9,7 +9,8 @@ Every rendering goes through the same few helpers:
 
     format_time   one duration formatter for text, HTML and plots
     Report.__str__        the wording (the terminal, and `_repr_pretty_`)
-    Report._repr_html_    the same table for Jupyter
+    Report._repr_html_    the same table for Jupyter, with the timeline picture
+    Report.plot()         the timeline (concmagic.plot; needs matplotlib)
     Report.output()       every worker's stdout/stderr, grouped, never interleaved
 
 This module imports nothing from IPython: the engine works without it.
@@ -39,6 +40,12 @@ _TEXT_WIDTH = 80
 _CELL_WIDTH = 40
 # Never let the result column shrink below this, however wide the others are.
 _MIN_CELL_WIDTH = 20
+# The timeline in HTML: 8 in wide at this dpi is 640 px, a notebook cell's width.
+_HTML_DPI = 80
+#: Runs shorter than this get no picture in their HTML: the sampler reads the
+#: CPU clocks every millisecond, so a shorter run has too few samples to show
+#: anything, and drawing costs ~0.3 s, far more than such a run itself.
+TIMELINE_MIN_WALL = 0.02
 
 
 # ---------------------------------------------------------------------------
@@ -424,6 +431,9 @@ class Report:
         if notes:
             out.append('<ul class="concmagic-notes">'
                        + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+        picture = self._timeline_img()
+        if picture:
+            out.append(f"<div>{picture}</div>")
         for w in self.failed:
             tb = w.traceback or error_line(w.error)
             out.append(f"<details><summary>worker {w.worker_id}: {esc(error_line(w.error, 80))}"
@@ -433,6 +443,45 @@ class Report:
             out.append(f'<details open><summary>output</summary><pre>{esc(text)}</pre></details>')
         out.append("</div>")
         return "\n".join(out)
+
+    def _timeline_img(self):
+        """The timeline as an inline ``<img>``, or "" when there is nothing to
+        draw or no matplotlib. Never raises: the table matters more than the
+        picture, and a repr that raises shows the user nothing at all."""
+        if self.samples is None or not self.wall >= TIMELINE_MIN_WALL:
+            return ""
+        data = self.__dict__.get("_timeline_png")     # drawn once per report
+        if data is None:
+            try:
+                import base64
+
+                from .plot import figure_png, plot_report
+
+                ax = plot_report(self)
+                data = base64.b64encode(figure_png(ax.figure, dpi=_HTML_DPI)).decode("ascii")
+            except Exception:
+                data = ""
+            self.__dict__["_timeline_png"] = data
+        if not data:
+            return ""
+        alt = html.escape(f"timeline: {self.summary()}", quote=True)
+        return (f'<img class="concmagic-timeline" alt="{alt}" style="max-width:100%" '
+                f'src="data:image/png;base64,{data}"/>')
+
+    # --- pictures -----------------------------------------------------------
+    def plot(self, ax=None, path=None):
+        """Draw the per-worker timeline and return its Axes (needs matplotlib).
+
+        One lane per worker, shaded by the CPU it got over time, with the
+        GIL-wait strip beneath (see `concmagic.plot.plot_report`). ``ax``:
+        draw there; ``path``: also save the figure (.png, .svg, ... by suffix).
+        """
+        from .plot import plot_report, save
+
+        ax = plot_report(self, ax=ax)
+        if path is not None:
+            save(ax, path)
+        return ax
 
     # --- data ---------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -416,6 +416,63 @@ cdef extern from *:
     int cm_load(atomic_int* p) noexcept nogil
     void cm_store(atomic_int* p, int v) noexcept nogil
 
+# A stop flag that can also wake a sleeper: the instruments sleep between
+# readings, and stop() must not wait out a whole sleep (a run of an empty cell
+# lasts far less than the sampler's millisecond). A condition variable on the
+# monotonic clock does both.
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <pthread.h>
+    #include <time.h>
+    typedef struct {
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+        atomic_int stop;
+    } cm_stopper;
+    static void cm_stopper_init(cm_stopper *s) {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&s->wake, &attr);
+        pthread_condattr_destroy(&attr);
+        pthread_mutex_init(&s->lock, NULL);
+        atomic_store(&s->stop, 0);
+    }
+    static void cm_stopper_destroy(cm_stopper *s) {
+        pthread_cond_destroy(&s->wake);
+        pthread_mutex_destroy(&s->lock);
+    }
+    static int cm_stopped(cm_stopper *s) { return atomic_load(&s->stop); }
+    /* Sleep for ns nanoseconds or until stopped; 1 if stopped. */
+    static int cm_stopper_sleep(cm_stopper *s, long ns) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += ns / 1000000000L;
+        until.tv_nsec += ns % 1000000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
+        pthread_mutex_lock(&s->lock);
+        while (!atomic_load(&s->stop)) {
+            if (pthread_cond_timedwait(&s->wake, &s->lock, &until) == ETIMEDOUT) break;
+        }
+        pthread_mutex_unlock(&s->lock);
+        return atomic_load(&s->stop);
+    }
+    static void cm_stopper_stop(cm_stopper *s) {
+        pthread_mutex_lock(&s->lock);
+        atomic_store(&s->stop, 1);
+        pthread_cond_broadcast(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+    }
+    """
+    ctypedef struct cm_stopper:
+        pass
+    void cm_stopper_init(cm_stopper* s) noexcept nogil
+    void cm_stopper_destroy(cm_stopper* s) noexcept nogil
+    int cm_stopped(cm_stopper* s) noexcept nogil
+    int cm_stopper_sleep(cm_stopper* s, long ns) noexcept nogil
+    void cm_stopper_stop(cm_stopper* s) noexcept nogil
+
 cdef enum:
     MAX_SLOTS = 1024            # workers one sampler can follow
 
@@ -431,7 +488,7 @@ cdef inline void _sleep_ns(long ns) noexcept nogil:
 # The CPU sampler
 # ---------------------------------------------------------------------------
 cdef struct SamplerState:
-    atomic_int stop
+    cm_stopper stop
     atomic_int ready[MAX_SLOTS]     # 1 once clocks[i] holds a valid clock
     clockid_t clocks[MAX_SLOTS]
     int n_slots
@@ -477,9 +534,11 @@ cdef void* _sampler_main(void* arg) noexcept nogil:
         if s.count == s.capacity:
             _halve(s)
         _take_sample(s)
-        if cm_load(&s.stop):
-            return NULL                    # the last sample is taken at stop
-        _sleep_ns(s.interval_ns)
+        if cm_stopped(&s.stop) or cm_stopper_sleep(&s.stop, s.interval_ns):
+            if s.count == s.capacity:
+                _halve(s)
+            _take_sample(s)                # the last sample is taken at stop
+            return NULL
 
 
 cdef class Sampler:
@@ -504,6 +563,7 @@ cdef class Sampler:
         self.s = <SamplerState*>calloc(1, sizeof(SamplerState))
         if self.s == NULL:
             raise MemoryError()
+        cm_stopper_init(&self.s.stop)
         self.s.n_slots = n_slots
         self.s.interval_ns = <long>(interval * 1e9)
         self.s.capacity = capacity
@@ -514,12 +574,13 @@ cdef class Sampler:
 
     def __dealloc__(self):
         if self.running:                    # never free under a live thread
-            cm_store(&self.s.stop, 1)
+            cm_stopper_stop(&self.s.stop)
             with nogil:
                 pthread_join(self.thread, NULL)
         if self.s != NULL:
             free(self.s.t)
             free(self.s.cpu)
+            cm_stopper_destroy(&self.s.stop)
             free(self.s)
 
     def _check_slot(self, int slot):
@@ -551,7 +612,7 @@ cdef class Sampler:
     def stop(self):
         """Stop sampling; returns (t, cpu) as lists (cpu: one list per sample)."""
         if self.running:
-            cm_store(&self.s.stop, 1)
+            cm_stopper_stop(&self.s.stop)
             with nogil:
                 pthread_join(self.thread, NULL)
             self.running = False
@@ -578,7 +639,7 @@ cdef class Sampler:
 # returns. So "waiting / (waiting + sleeping)" estimates how busy the GIL was.
 # Waits are summed into time bins, so a long run keeps bounded memory.
 cdef struct ProbeState:
-    atomic_int stop
+    cm_stopper stop
     atomic_int ready               # 1 once the probe thread has its thread state
     long interval_ns
     double bin_width               # seconds per bin; doubles when bins run out
@@ -614,9 +675,10 @@ cdef void* _probe_main(void* arg) noexcept nogil:
     with gil:
         with nogil:
             cm_store(&p.ready, 1)
-            while not cm_load(&p.stop):
+            while not cm_stopped(&p.stop):
                 start = _now()
-                _sleep_ns(p.interval_ns)
+                if cm_stopper_sleep(&p.stop, p.interval_ns):
+                    break
                 asked = _now()
                 with gil:
                     pass                   # the whole probe: get it, let go
@@ -652,6 +714,7 @@ cdef class GilProbe:
         self.p = <ProbeState*>calloc(1, sizeof(ProbeState))
         if self.p == NULL:
             raise MemoryError()
+        cm_stopper_init(&self.p.stop)
         self.p.interval_ns = <long>(interval * 1e9)
         self.p.bin_width = bin_width
         self.p.n_bins = n_bins
@@ -662,12 +725,13 @@ cdef class GilProbe:
 
     def __dealloc__(self):
         if self.running:
-            cm_store(&self.p.stop, 1)
+            cm_stopper_stop(&self.p.stop)
             with nogil:                     # the probe needs the GIL to finish
                 pthread_join(self.thread, NULL)
         if self.p != NULL:
             free(self.p.wait)
             free(self.p.span)
+            cm_stopper_destroy(&self.p.stop)
             free(self.p)
 
     def start(self):
@@ -686,7 +750,7 @@ cdef class GilProbe:
 
     def stop(self):
         if self.running:
-            cm_store(&self.p.stop, 1)
+            cm_stopper_stop(&self.p.stop)
             # Joined without the GIL: the probe may be waiting for it.
             with nogil:
                 pthread_join(self.thread, NULL)

@@ -164,6 +164,7 @@ def test_instruments_stop_even_when_the_run_is_interrupted():
     m = Measurement(2)
     m.start()
     try:
+        time.sleep(0.01)                          # long enough for a few probes
         raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass

@@ -26,9 +26,6 @@ thread left running would outlive the run and disturb the next one.
 """
 import math
 import sys
-from dataclasses import dataclass
-
-import numpy as np
 
 __all__ = ["Measurement", "Samples", "gil_enabled", "PROBE_INTERVAL", "SAMPLE_INTERVAL"]
 
@@ -47,24 +44,70 @@ def gil_enabled():
     return True if check is None else bool(check())
 
 
-@dataclass
 class Samples:
-    """Raw measurement series of one run; times are seconds since its start."""
+    """Raw measurement series of one run; times are seconds since its start.
 
-    t: np.ndarray                    # (k,) when each CPU sample was taken
-    cpu: np.ndarray                  # (k, n) CPU seconds per worker slot; nan = no reading
-    interval: float                  # sampling interval at the end (grows on long runs)
-    gil_t: np.ndarray                # (b,) start of each GIL-probe bin
-    gil_wait: np.ndarray             # (b,) seconds the probe waited for the GIL in the bin
-    gil_span: np.ndarray             # (b,) seconds the probe ran in the bin
-    gil_wait_fraction: float | None  # whole run; None when not measured
-    gil_enabled: bool = True         # False: free-threaded build, GIL off
+    ``t`` (k,) when each CPU sample was taken; ``cpu`` (k, n) CPU seconds per
+    worker slot, nan where there was no reading; ``interval`` the sampling
+    interval at the end (it grows on long runs); ``gil_t``, ``gil_wait``,
+    ``gil_span`` (b,) each GIL-probe bin's start, seconds waited and seconds
+    probed; ``gil_wait_fraction`` for the whole run (None: not measured);
+    ``gil_enabled`` False on a free-threaded build running without a GIL.
+
+    The series become NumPy arrays when first read, not when the run ends:
+    a run that nobody plots never imports NumPy for them.
+    """
+
+    def __init__(self, t, cpu, interval, gil_t, gil_wait, gil_span, gil_wait_fraction,
+                 gil_enabled=True, *, t0=0.0, n_slots=None):
+        self._raw = {"t": t, "cpu": cpu, "gil_t": gil_t, "gil_wait": gil_wait,
+                     "gil_span": gil_span}
+        self._t0 = t0
+        self._n = n_slots
+        self.interval = interval
+        self.gil_wait_fraction = gil_wait_fraction
+        self.gil_enabled = gil_enabled
+
+    def __repr__(self):
+        return (f"<Samples {len(self._raw['t'])} CPU samples every {self.interval * 1e3:g} ms, "
+                f"{len(self._raw['gil_t'])} GIL bins>")
+
+    def _array(self, name, shift=0.0):
+        import numpy as np
+        cached = self.__dict__.get("_" + name + "_array")
+        if cached is None:
+            cached = np.asarray(self._raw[name], dtype=float) - shift
+            self.__dict__["_" + name + "_array"] = cached
+        return cached
+
+    @property
+    def t(self):
+        return self._array("t", self._t0)
+
+    @property
+    def cpu(self):
+        a = self._array("cpu")
+        n = self._n if self._n is not None else (a.shape[1] if a.ndim == 2 else 0)
+        return a.reshape(len(self._raw["t"]), n)
+
+    @property
+    def gil_t(self):
+        return self._array("gil_t")
+
+    @property
+    def gil_wait(self):
+        return self._array("gil_wait")
+
+    @property
+    def gil_span(self):
+        return self._array("gil_span")
 
     @property
     def n_slots(self):
         return self.cpu.shape[1] if self.cpu.ndim == 2 else 0
 
     def cpu_share(self, slot, start=-math.inf, end=math.inf):
+        import numpy as np
         """``(t_mid, share)``: CPU seconds per wall second of ``slot`` between samples.
 
         Only the time between ``start`` and ``end`` (the worker's own run) is
@@ -84,6 +127,7 @@ class Samples:
 
     def cpu_total(self, slot, start=-math.inf, end=math.inf):
         """CPU seconds of ``slot`` between ``start`` and ``end``, from the samples."""
+        import numpy as np
         c = self.cpu[:, slot] if self.n_slots else np.empty(0)
         keep = np.isfinite(c) & (self.t >= start - self.interval) & (self.t <= end + self.interval)
         if keep.sum() < 2:
@@ -93,6 +137,7 @@ class Samples:
 
     def gil_series(self):
         """``(t, fraction)``: the GIL-wait fraction per probe bin."""
+        import numpy as np
         span = np.where(self.gil_span > 0, self.gil_span, np.nan)
         return self.gil_t, self.gil_wait / span
 
@@ -104,6 +149,7 @@ class Measurement:
                  probe_interval=PROBE_INTERVAL):
         from . import _core
         self._gil_enabled = gil_enabled()
+        self._n_slots = n_slots
         self._sampler = _core.Sampler(n_slots, interval, SAMPLE_CAPACITY)
         self._probe = _core.GilProbe(probe_interval) if gil and self._gil_enabled else None
     def start(self):
@@ -137,13 +183,11 @@ class Measurement:
             t, cpu = self._sampler.stop()
         finally:
             gil = self._probe.stop() if self._probe is not None else None
-        t = np.asarray(t, dtype=float) - t0
-        cpu = np.asarray(cpu, dtype=float).reshape(len(t), -1)
+        n = self._n_slots
         if gil is None:
-            empty = np.empty(0)
-            return Samples(t, cpu, self._sampler.interval, empty, empty, empty, None,
-                           self._gil_enabled)
+            return Samples(t, cpu, self._sampler.interval, [], [], [], None, self._gil_enabled,
+                           t0=t0, n_slots=n)
         offset = gil["t0"] - t0
-        return Samples(t, cpu, self._sampler.interval,
-                       np.asarray(gil["t"]) + offset, np.asarray(gil["wait"]),
-                       np.asarray(gil["span"]), gil["wait_fraction"], self._gil_enabled)
+        return Samples(t, cpu, self._sampler.interval, [x + offset for x in gil["t"]],
+                       gil["wait"], gil["span"], gil["wait_fraction"], self._gil_enabled,
+                       t0=t0, n_slots=n)

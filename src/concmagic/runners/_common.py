@@ -4,7 +4,9 @@ import ctypes
 import threading
 import traceback
 
-from .. import kernels
+# The cancel flag lives in the compiled core; going through concmagic.kernels
+# would import NumPy into every run's critical path for nothing.
+from .. import _core as kernels
 
 __all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "wait_slice",
            "STOP_GRACE"]

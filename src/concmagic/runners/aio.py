@@ -60,7 +60,11 @@ import queue
 import threading
 import time
 
-from .. import kernels
+# The cancel flag lives in the compiled core; going through concmagic.kernels
+# would import NumPy into every run's critical path for nothing.
+from .. import _core as kernels
+from ..comm import DEFAULT_TIMEOUT, AsyncWorld, blame_the_stop, wants_comm
+from ..comm import attach as attach_comm
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
@@ -167,8 +171,9 @@ class _Stepper:
 class _Job:
     """One run: what the tasks need, and what they leave for the caller."""
 
-    def __init__(self, func, n, capture, measure, loop_thread):
+    def __init__(self, func, n, capture, measure, loop_thread, world=None):
         self.func = func
+        self.world = world            # the run's comm channels, if func takes comm
         self.n = n
         self.capture = capture
         self.measure = measure
@@ -212,8 +217,12 @@ async def _task(job, worker_id):
     """One worker: run the cell, and put its WorkerRun on ``job.done``."""
     run = WorkerRun(worker_id=worker_id, pid=job.pid, thread_id=job.thread_id)
     key = job.keys[worker_id] = job.capture.register_task()
-    stepper = _Stepper(functools.partial(job.func, worker_id=worker_id, n_workers=job.n),
-                       job, worker_id)
+    if job.world is None:
+        start = functools.partial(job.func, worker_id=worker_id, n_workers=job.n)
+    else:
+        start = functools.partial(job.func, worker_id=worker_id, n_workers=job.n,
+                                  comm=job.world.comm(worker_id))
+    stepper = _Stepper(start, job, worker_id)
     error = None
     try:
         run.start = time.perf_counter() - job.t0
@@ -223,6 +232,8 @@ async def _task(job, worker_id):
             error = exc
         run.end = time.perf_counter() - job.t0
         run.cpu = stepper.cpu
+        if job.world is not None:
+            job.world.finish(worker_id, error)     # peers waiting on it stop waiting
         try:
             stepper.close()                        # stopped between steps: run its finally
         except BaseException:  # noqa: B036, S110 - its error, if any, is already reported
@@ -282,6 +293,8 @@ def _task_done(job, worker_id, task):
         error = job.guard.reason or asyncio.CancelledError("cancelled before it began")
     else:
         error = task.exception()
+    if job.world is not None:
+        job.world.finish(worker_id, error)
     _report(job, WorkerRun(worker_id=worker_id, pid=job.pid, thread_id=job.thread_id,
                            error=error))
 
@@ -375,8 +388,13 @@ class _Shared:
 _shared = _Shared()
 
 
-def run_asyncio(func, n, *, timeout=None, measure=None, progress=None):
-    """Run ``func(worker_id=i, n_workers=n)`` as n tasks on one event loop; a Report."""
+def run_asyncio(func, n, *, timeout=None, measure=None, progress=None,
+                comm_timeout=DEFAULT_TIMEOUT):
+    """Run ``func(worker_id=i, n_workers=n)`` as n tasks on one event loop; a Report.
+
+    A ``func`` taking ``comm`` also gets its end of in-memory channels on
+    the loop (concmagic.comm.AsyncComm: ``await comm.recv()``).
+    """
     # A run from inside a task (a cell calling concmagic.run) must not wait
     # for the loop it is itself holding up, and a run from another thread
     # must not wait for a loop that is busy: both get a loop of their own.
@@ -386,7 +404,8 @@ def run_asyncio(func, n, *, timeout=None, measure=None, progress=None):
     try:
         loop_thread = _LoopThread() if own else _shared.get()
         try:
-            return _run(loop_thread, func, n, timeout, measure, progress)
+            world = AsyncWorld(n, comm_timeout) if wants_comm(func) else None
+            return _run(loop_thread, func, n, timeout, measure, progress, world)
         finally:
             if own:
                 # A stuck loop's thread ends when the blocking call returns.
@@ -398,9 +417,9 @@ def run_asyncio(func, n, *, timeout=None, measure=None, progress=None):
             _shared.lock.release()
 
 
-def _run(loop_thread, func, n, timeout, measure, progress):
+def _run(loop_thread, func, n, timeout, measure, progress, world=None):
     with capture_threads() as capture, measured(measure) as done:
-        job = _Job(func, n, capture, measure, loop_thread)
+        job = _Job(func, n, capture, measure, loop_thread, world)
         runs, notes = {}, []
         deadline = None if timeout is None else job.t0 + timeout
         try:
@@ -433,11 +452,14 @@ def _run(loop_thread, func, n, timeout, measure, progress):
             f"the cell left {job.leftovers} task{'s' if job.leftovers > 1 else ''} running "
             "(started with asyncio.create_task or ensure_future and not awaited); "
             f"{'they were' if job.leftovers > 1 else 'it was'} cancelled when the run ended")
+    if world is not None:
+        attach_comm(report, world.stats())
     return attach(report, samples)
 
 
 def _stop(loop_thread, job, runs, reason):
     """Cancel the unfinished tasks, wait for them briefly, record the stuck."""
+    pending = [i for i in range(job.n) if i not in runs]
     # The reason first: the tasks read it when the cancellation reaches them.
     # A step running now (code that does not await) gets a StopRequest.
     job.guard.stop(reason)
@@ -456,6 +478,8 @@ def _stop(loop_thread, job, runs, reason):
     finally:
         # Also when a second Ctrl-C cuts the grace short: a loop that may
         # still be held up is not used again.
+        if job.world is not None:
+            blame_the_stop(runs, pending, reason)
         stuck = [i for i in range(job.n) if i not in runs]
         if stuck:
             loop_thread.stuck = True

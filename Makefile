@@ -7,7 +7,7 @@ EXTRAS ?= test,plot,dask
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test bench install clean
+.PHONY: demo test notebooks bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Runs every notebook top to bottom; executed copies and HTML in notebooks/_build/.
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS),bench]'
 	$(PY) benchmarks/kernels.py
 
 clean:
-	rm -rf $(VENV) build src/concmagic/_core.c src/concmagic/*.so src/*.egg-info
+	rm -rf $(VENV) build notebooks/_build src/concmagic/_core.c src/concmagic/*.so src/*.egg-info

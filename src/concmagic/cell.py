@@ -4,6 +4,11 @@
         --> def __cell__(worker_id, n_workers): <the cell's own statements>
         --> code object (cached by hash) --> function bound to the notebook namespace
 
+A cell that mentions the name ``comm`` gets a third parameter, ``comm=None``:
+runners then pass each worker its channels to the others (concmagic.comm),
+and ``comm`` is a local name of the cell like ``worker_id``. Other cells keep
+the two parameters, so no runner sets up channels nobody uses.
+
 The function's globals are the notebook's namespace, so reading a notebook
 variable reads the shared one and ``global x`` writes the notebook's ``x``;
 names assigned in the cell are function locals, the worker's own. The function
@@ -39,6 +44,8 @@ __all__ = [
 # entries of the notebook namespace, so a cell cannot clobber them by accident.
 _PICK = "__concmagic_pick__"
 _NOTE = "__concmagic_note__"
+# The name under which a cell sees its worker's channels (concmagic.comm).
+_COMM = "comm"
 
 # Cells prepared in this process, by hash of everything that changes the code
 # (STYLE.md §2). Bounded so that a long session of edited cells cannot grow it
@@ -89,7 +96,7 @@ MISSING = _Missing()
 class CellFunction:
     """A cell prepared to run as ``func(worker_id=..., n_workers=...)``."""
 
-    func: Callable           # def __cell__(worker_id, n_workers); `async def` when is_async
+    func: Callable           # def __cell__(worker_id, n_workers[, comm]); `async def` when is_async
     source: str              # the transformed Python source (what tracebacks show)
     filename: str            # the name `source` is registered under in linecache
     global_names: frozenset  # names the cell declares `global` at its own level
@@ -141,7 +148,9 @@ def make_cell_function(cell, namespace, *, is_async=False, pull=(), transform=Tr
     namespace.setdefault("__builtins__", builtins.__dict__)
     helpers = {_PICK: _Pick(pull, global_names), _NOTE: _UnboundNote(local_names)}
     closure = tuple(types.CellType(helpers[name]) for name in code.co_freevars)
-    func = types.FunctionType(code, namespace, "__cell__", None, closure)
+    # Defaults live on the function, not the code: `comm=None` is given here.
+    defaults = (None,) if _COMM in code.co_varnames[:code.co_argcount] else None
+    func = types.FunctionType(code, namespace, "__cell__", defaults, closure)
     func.__qualname__ = "__cell__"
     # A plain attribute travels with the function through cloudpickle, so a
     # worker process can show the cell's lines in its tracebacks too.
@@ -242,11 +251,15 @@ def _prepare(source, filename, is_async, pull):
 
     global_names, assigned = _check_scope(body, is_async)
     local_names = frozenset(assigned - global_names)
+    # `global comm` keeps the notebook's comm (a parameter cannot be global).
+    uses_comm = _COMM not in global_names and any(
+        isinstance(node, ast.Name) and node.id == _COMM
+        for statement in body for node in ast.walk(statement))
     for name in pull:
         if name not in assigned and name not in global_names:
             raise CellError(f"--pull: {name!r} is not assigned in the cell")
 
-    module = _wrap(body, future, is_async, pull, _semicolon_at_end(source))
+    module = _wrap(body, future, is_async, pull, _semicolon_at_end(source), uses_comm)
     try:
         code = compile(module, filename, "exec", dont_inherit=True)
     except SyntaxError as exc:
@@ -369,8 +382,9 @@ def __concmagic_factory__({_PICK}, {_NOTE}):
 """
 
 
-def _wrap(body, future, is_async, pull, suppressed):
-    """The module ``def factory(...): def __cell__(worker_id, n_workers): <body>``."""
+def _wrap(body, future, is_async, pull, suppressed, uses_comm=False):
+    """The module ``def factory(...): def __cell__(worker_id, n_workers): <body>``
+    (``__cell__(worker_id, n_workers, comm=None)`` with `uses_comm`)."""
     module = ast.parse(_TEMPLATE)
     # Every node of the template sits on line 1, so no cell line is claimed by it.
     for node in ast.walk(module):
@@ -384,6 +398,11 @@ def _wrap(body, future, is_async, pull, suppressed):
                                         lineno=1, col_offset=0, end_lineno=1, end_col_offset=0)
         factory.body[0] = cell_def
     try_node = cell_def.body[0]
+    if uses_comm:
+        cell_def.args.args.append(ast.arg(arg=_COMM, lineno=1, col_offset=0,
+                                          end_lineno=1, end_col_offset=0))
+        cell_def.args.defaults.append(ast.Constant(value=None, lineno=1, col_offset=0,
+                                                   end_lineno=1, end_col_offset=0))
 
     statements = list(body)
     value = None

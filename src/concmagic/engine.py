@@ -8,6 +8,11 @@ import numbers
 
 from .errors import WorkerError
 
+#: Seconds a comm.recv, barrier or bcast waits before CommTimeout (the
+#: value of concmagic.comm.DEFAULT_TIMEOUT, repeated so that importing the
+#: engine does not import the comm module).
+DEFAULT_COMM_TIMEOUT = 10.0
+
 __all__ = ["MODELS", "run", "shutdown", "status"]
 
 #: Models ``run`` accepts. (dask arrives with its own runner.)
@@ -26,18 +31,18 @@ def _check_workers(n):
     return int(n)
 
 
-def _check_timeout(timeout):
+def _check_timeout(timeout, name="timeout"):
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None; got {timeout!r}")
+        raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
     if timeout > _TIMEOUT_MAX:
         return None
     return float(timeout)
 
 
 def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=True,
-        progress=None, raise_errors=True):
+        progress=None, raise_errors=True, comm_timeout=DEFAULT_COMM_TIMEOUT):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1 under ``model``.
 
     Returns a Report. If a worker fails, raises WorkerError (with ``.report``)
@@ -57,11 +62,20 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     is accepted and called as it is inside its task, holding the loop until
     it returns (the other tasks wait: blocking code gains nothing from
     asyncio). An awaitable it returns is awaited.
+
+    Workers can talk: a ``func`` with a ``comm`` parameter (a cell that
+    mentions ``comm``) is also given ``comm=``, its end of the run's
+    channels (concmagic.comm: ``send``, ``recv``, ``barrier``, ``bcast``;
+    in asyncio the waiting ones are awaited). A recv, barrier or bcast waits
+    at most ``comm_timeout`` seconds (None: no limit), then raises
+    CommTimeout in that worker; ``report.comm`` counts the messages, bytes
+    and time.
     """
     if not callable(func):
         raise TypeError(f"func must be callable; got {type(func).__name__}")
     n = _check_workers(n)
     timeout = _check_timeout(timeout)
+    comm_timeout = _check_timeout(comm_timeout, "comm_timeout")
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}")
     if start_method is not None and model != "processes":
@@ -74,17 +88,21 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         instruments = Measurement(n, gil=model != "processes")
     if model == "serial":
         from .runners.serial import run_serial
-        report = run_serial(func, n, timeout=timeout, measure=instruments)
+        report = run_serial(func, n, timeout=timeout, measure=instruments,
+                            comm_timeout=comm_timeout)
     elif model == "threads":
         from .runners.threads import run_threads
-        report = run_threads(func, n, timeout=timeout, measure=instruments, progress=progress)
+        report = run_threads(func, n, timeout=timeout, measure=instruments, progress=progress,
+                             comm_timeout=comm_timeout)
     elif model == "asyncio":
         from .runners.aio import run_asyncio
-        report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress)
+        report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress,
+                             comm_timeout=comm_timeout)
     else:
         from .runners.processes import run_processes
         report = run_processes(func, n, timeout=timeout, start_method=start_method,
-                               measure=instruments, progress=progress)
+                               measure=instruments, progress=progress,
+                               comm_timeout=comm_timeout)
     if raise_errors and report.errors:
         raise WorkerError(report)
     return report

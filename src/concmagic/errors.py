@@ -4,7 +4,9 @@
     ├── ShipError       a notebook variable cannot be sent to worker processes
     ├── WorkerError     one or more workers failed (raised by concmagic.run)
     ├── WorkerDied      a worker process died (used as that worker's error)
-    └── RunTimeout      a worker did not finish in time (used as that worker's error)
+    ├── RunTimeout      a worker did not finish in time (used as that worker's error)
+    └── CommError       a comm call that can never return (the peer it waits for ended)
+        └── CommTimeout a comm call that waited longer than the comm timeout
     RemoteTraceback     a worker process's traceback text, chained as `__cause__`
 
 A failed worker never takes the others down: its exception is stored on its
@@ -20,7 +22,7 @@ from .report import error_line, format_time
 
 __all__ = [
     "ConcmagicError", "ShipError", "WorkerError", "RemoteTraceback",
-    "WorkerDied", "RunTimeout",
+    "WorkerDied", "RunTimeout", "CommError", "CommTimeout",
 ]
 
 
@@ -228,3 +230,35 @@ class RunTimeout(ConcmagicError):
             within = "the timeout" if timeout is None else f"the {format_time(timeout)} timeout"
             message = f"{who} did not finish within {within}"
         super().__init__(message)
+
+
+# ---------------------------------------------------------------------------
+# CommError, CommTimeout
+# ---------------------------------------------------------------------------
+class CommError(ConcmagicError):
+    """Raised inside a worker's cell by a `comm` call that can never return:
+    the worker it waits for has finished (or died) without sending, a serial
+    run asks for a message from a worker that runs later, a worker waits for
+    a message from itself.
+
+    `worker_id` is the worker that called, `call` the call as written
+    (``comm.recv(source=0)``). Raised at once, never after a wait: nothing
+    can change the outcome.
+    """
+
+    def __init__(self, message: str, worker_id: int | None = None, call: str | None = None):
+        self.worker_id = worker_id
+        self.call = call
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.worker_id, self.call))
+
+
+class CommTimeout(CommError):
+    """Raised inside a worker's cell by a `comm` call (recv, barrier, bcast)
+    that waited the whole comm timeout (`comm_timeout=` of `concmagic.run`,
+    `--comm-timeout`, or the call's own `timeout=`) for peers that are still
+    running: a recv no worker sends to, a barrier some worker never reaches.
+    The message names the worker, the call and who was missing.
+    """

@@ -9,7 +9,10 @@
     %concmagic            status: pools, cores, the GIL; `%concmagic shutdown`
 
 In each, the cell is a function of ``worker_id`` (0..n-1) and ``n_workers``;
-its value is the list of the workers' last-expression values. Options shared
+its value is the list of the workers' last-expression values. A cell that
+mentions ``comm`` also gets its worker's channels to the others
+(``comm.send``, ``comm.recv``, ``comm.barrier``, ``comm.bcast``; see
+concmagic.comm), with ``--comm-timeout`` as the longest wait. Options shared
 by the magics are declared once (``_run_options``, ``_compare_options``) and
 stacked on each. ``%%compare`` and ``%gilcheck`` display their result object
 (a Comparison, a GilCheck) and return None; ``-o NAME`` stores it.
@@ -47,6 +50,10 @@ _PULL = magic_arguments.argument(
 _TIMEOUT = magic_arguments.argument(
     "--timeout", type=float, default=None, metavar="SECONDS",
     help="stop the workers still running after SECONDS")
+_COMM_TIMEOUT = magic_arguments.argument(
+    "--comm-timeout", type=float, default=None, metavar="SECONDS",
+    help="how long comm.recv, comm.barrier and comm.bcast wait before CommTimeout "
+         "(default: %%config ConcMagic.comm_timeout)")
 _NO_MEASURE = magic_arguments.argument(
     "--no-measure", action="store_true",
     help="run without the CPU sampler and GIL probe (no GIL figure, no CPU timeline)")
@@ -71,7 +78,7 @@ _run_options = _stack(
     _PULL,
     magic_arguments.argument("-q", "--quiet", action="store_true",
                              help="show no report, only the results"),
-    _TIMEOUT, _NO_MEASURE, _CODE)
+    _TIMEOUT, _COMM_TIMEOUT, _NO_MEASURE, _CODE)
 
 #: The options of %%compare.
 _compare_options = _stack(
@@ -100,6 +107,10 @@ class ConcMagic(Magics):
         START_METHODS[0], help=f"How worker processes start: one of {', '.join(START_METHODS)}."
     ).tag(config=True)
     timeout = Float(0.0, help="Default --timeout in seconds; 0 means none.").tag(config=True)
+    comm_timeout = Float(
+        engine.DEFAULT_COMM_TIMEOUT,
+        help="Default --comm-timeout in seconds (how long a comm.recv waits); 0 means no limit."
+    ).tag(config=True)
 
     # -- the running magics --------------------------------------------------
     @magic_arguments.magic_arguments()
@@ -224,6 +235,7 @@ class ConcMagic(Magics):
         args = magic.parser.parse_args(argv)
         n = self._workers(args.workers)
         timeout = self._timeout(args.timeout)
+        comm_timeout = self._comm_timeout(args.comm_timeout)
         pull = _parse_pull(args.pull)
         _check_out(args.out)
         prepared = self._prepare(model, cell, code, pull)
@@ -236,7 +248,8 @@ class ConcMagic(Magics):
             options["progress"] = progress_for(self.shell, model, n)
         try:
             report = engine.run(func, n, model, timeout=timeout, raise_errors=False,
-                                measure=not args.no_measure, **options)
+                                measure=not args.no_measure, comm_timeout=comm_timeout,
+                                **options)
         except ShipError as exc:
             raise _ship_usage_error(exc) from None
         if pull:
@@ -277,6 +290,14 @@ class ConcMagic(Magics):
             return self.timeout or None
         if not timeout > 0:
             raise UsageError(f"--timeout must be a positive number of seconds; got {timeout:g}")
+        return timeout
+
+    def _comm_timeout(self, timeout):
+        if timeout is None:
+            return self.comm_timeout or None
+        if not timeout > 0:
+            raise UsageError(f"--comm-timeout must be a positive number of seconds; "
+                             f"got {timeout:g}")
         return timeout
 
     def _pull(self, report, pull):

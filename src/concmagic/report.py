@@ -248,6 +248,7 @@ class Report:
     gil_wait: float | None = None   # fraction 0..1 of probe time spent waiting for the GIL
     notes: list[str] = field(default_factory=list)  # plain-language notes for the reader
     samples: Any = None             # measurement series (CPU over time), when recorded
+    comm: Any = None                # messages between workers (concmagic.comm.CommStats), if any
 
     def __post_init__(self):
         # Validate at construction: a report that contradicts itself would

@@ -5,7 +5,10 @@ worker process loads first; the forkserver preloads it so forks start warm.
 
 Protocol, over one duplex pipe per worker (parent -> child, then back):
 
-    (worker_id, n_workers)   a header, pickled
+    (worker_id, n_workers, comm)   a header, pickled; comm is None, or
+                             {"timeout": seconds} for a function taking comm:
+    <1 byte + descriptors>   then the worker's sockets to the other workers
+                             (SCM_RIGHTS; see concmagic.comm.hand_over)
     <bytes>                  the function, pickled by cloudpickle (by value)
                              ...the worker runs it...
     <bytes>                  a reply dict, pickled by cloudpickle
@@ -47,34 +50,56 @@ def serve(conn):
             header = conn.recv()
             if header is None:
                 return
+            worker_id, n_workers, comm_spec = header
+            comm = _receive_comm(conn, worker_id, n_workers, comm_spec)
             payload = conn.recv_bytes()
         except (EOFError, OSError):               # the parent is gone
             return
-        worker_id, n_workers = header
-        conn.send_bytes(_execute(payload, worker_id, n_workers))
+        conn.send_bytes(_execute(payload, worker_id, n_workers, comm))
 
 
-def _execute(payload, worker_id, n_workers):
+def _receive_comm(conn, worker_id, n_workers, spec):
+    """The worker's ProcessComm (None without one); an exception if it failed."""
+    if spec is None:
+        return None
+    from ..comm import ProcessComm, receive_channels
+    try:
+        socks = receive_channels(conn, worker_id, n_workers) if n_workers > 1 else {}
+    except (EOFError, ConnectionError):           # the parent is gone: serve() ends
+        raise
+    except OSError as exc:                        # out of descriptors: this worker's error
+        return exc
+    return ProcessComm(worker_id, n_workers, socks, spec["timeout"])
+
+
+def _execute(payload, worker_id, n_workers, comm=None):
     global _busy
     rec = {"worker_id": worker_id, "pid": os.getpid(), "start": math.nan, "end": math.nan,
            "cpu": math.nan, "received": time.perf_counter()}
     result = error = None
     out, err = io.StringIO(), io.StringIO()
+    kwargs = {}
+    if isinstance(comm, BaseException):
+        error, comm = comm, None
+    elif comm is not None:
+        kwargs["comm"] = comm
+    func = None
     try:
         try:
-            func = pickle.loads(payload)
+            if error is None:
+                func = pickle.loads(payload)
         except BaseException as exc:              # noqa: B036 - reported, not lost
             error = RuntimeError(f"the cell function could not be loaded in worker "
                                  f"process {os.getpid()}: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-        else:
+        if func is not None:
             _register_sources(func)
             with redirect_stdout(out), redirect_stderr(err):
                 c0 = time.process_time()
                 rec["start"] = time.perf_counter()
                 _busy = True
                 try:
-                    result = func(worker_id=worker_id, n_workers=n_workers)
+                    result = func(worker_id=worker_id, n_workers=n_workers, **kwargs)
                 except BaseException as exc:      # noqa: B036
                     error = exc
                 finally:
@@ -83,6 +108,12 @@ def _execute(payload, worker_id, n_workers):
                     rec["cpu"] = time.process_time() - c0
     except StopRequest:
         _busy = False                             # landed after the cell returned
+    finally:
+        if comm is not None:
+            # Peers see this worker's sockets close (and stop waiting on it)
+            # once its last messages are written out.
+            comm.close()
+            rec["comm"] = comm.stats()
     rec["stdout"], rec["stderr"] = out.getvalue(), err.getvalue()
     return _encode(rec, result, error)
 

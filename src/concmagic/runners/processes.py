@@ -11,6 +11,14 @@
         +------ one reply each: times, process CPU, result or error, output
                 (a dead worker is seen on its process sentinel -> WorkerDied)
 
+    A function taking ``comm`` also gets, before it runs, its ends of a
+    socket pair to every other worker, made for this run (concmagic.comm):
+    messages go straight from worker to worker, never through the parent.
+
+        [process 0] <====> [process 1] <====> [process 2]
+             ^                                     ^
+             +=====================================+
+
 Start methods: "forkserver" (the default on Linux) and "spawn". Plain "fork"
 is refused: a notebook kernel runs threads, and forking a threaded process
 can copy a lock that some other thread holds, deadlocking the child.
@@ -26,6 +34,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -35,6 +44,9 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 
+from ..comm import DEFAULT_TIMEOUT as DEFAULT_COMM_TIMEOUT
+from ..comm import CommStats, blame_the_stop, close_mesh, hand_over, socket_mesh, wants_comm
+from ..comm import attach as attach_comm
 from ..errors import RemoteTraceback, RunTimeout, ShipError, WorkerDied
 from ..report import Report, WorkerRun
 from . import _worker
@@ -223,8 +235,13 @@ def _gang_for(method):
         return _gangs[method]
 
 
-def run_processes(func, n, *, timeout=None, start_method=None, measure=None, progress=None):
-    """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report."""
+def run_processes(func, n, *, timeout=None, start_method=None, measure=None, progress=None,
+                  comm_timeout=DEFAULT_COMM_TIMEOUT):
+    """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report.
+
+    A ``func`` taking ``comm`` also gets its end of a socket pair to each
+    other worker, made for this run (concmagic.comm.ProcessComm).
+    """
     method = DEFAULT_START_METHOD if start_method is None else start_method
     if method not in START_METHODS:
         raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
@@ -247,7 +264,8 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None, pro
                     measure.register_pid(worker_id, proc.pid)
                 if progress is not None:
                     progress.watch_pid(worker_id, proc.pid)
-            report = _run(gang, payload, n, timeout, t0, progress)
+            spec = {"timeout": comm_timeout} if wants_comm(func) else None
+            report = _run(gang, payload, n, timeout, t0, progress, spec)
             return attach(report, done(t0))
     except Exception:
         # A run that failed part-way may have left workers busy and replies
@@ -259,24 +277,23 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None, pro
         gang.lock.release()
 
 
-def _run(gang, payload, n, timeout, t0, progress=None):
+def _run(gang, payload, n, timeout, t0, progress=None, comm_spec=None):
     procs = list(gang.procs)
-    for worker_id, proc in enumerate(procs):
-        proc.conn.send((worker_id, n))
-        proc.conn.send_bytes(payload)
+    _send_jobs(procs, payload, n, comm_spec)
     runs, notes = {}, []
+    stats = None if comm_spec is None else {}   # worker_id -> its comm numbers
     deadline = None if timeout is None else t0 + timeout
     try:
         while len(runs) < n:
             left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-            if not _collect(procs, runs, t0, wait_slice(left, progress)):
+            if not _collect(procs, runs, t0, wait_slice(left, progress), stats=stats):
                 if deadline is not None and time.perf_counter() >= deadline:
                     notes = _stop(gang, procs, runs, t0, RunTimeout(
-                        f"did not finish within the timeout of {timeout:g} s; stopped"))
+                        f"did not finish within the timeout of {timeout:g} s; stopped"), stats)
                     break
                 progress.tick(t0, runs)           # only a progress slice ran out
     except KeyboardInterrupt:
-        _stop(gang, procs, runs, t0, KeyboardInterrupt())
+        _stop(gang, procs, runs, t0, KeyboardInterrupt(), stats)
         raise
     finally:
         if progress is not None:
@@ -284,10 +301,38 @@ def _run(gang, payload, n, timeout, t0, progress=None):
     wall = time.perf_counter() - t0
     report = Report(model="processes", n_workers=n, wall=wall, workers=[runs[i] for i in range(n)])
     report.notes.extend(notes)
+    if stats is not None:
+        attach_comm(report, CommStats("processes", [stats.get(i) for i in range(n)]))
     return report
 
 
-def _collect(procs, runs, t0, timeout, reason=None):
+def _send_jobs(procs, payload, n, comm_spec):
+    """Each worker's header, its comm sockets (if any), then the function.
+
+    The sockets are made here for this run only, a pair between each two
+    workers; each worker gets its ends over its control pipe, and the parent
+    closes all of its copies, so that a worker's ends close when it does and
+    its peers see it go (no leaked descriptors, no recv waiting on the dead).
+    """
+    mesh = None
+    if comm_spec is not None and n > 1:
+        if not hasattr(socket, "send_fds") or os.name != "posix":
+            raise RuntimeError("comm between worker processes hands each worker its sockets "
+                               "over a Unix socket, which this system lacks; run the cell "
+                               "in threads or asyncio")
+        mesh = socket_mesh(n)
+    try:
+        for worker_id, proc in enumerate(procs):
+            proc.conn.send((worker_id, n, comm_spec))
+            if mesh is not None:
+                hand_over(proc.conn, [s for s in mesh[worker_id] if s is not None])
+            proc.conn.send_bytes(payload)
+    finally:
+        if mesh is not None:
+            close_mesh(mesh)
+
+
+def _collect(procs, runs, t0, timeout, reason=None, stats=None):
     """Wait for replies or deaths; record them. False if nothing came in time."""
     pending = {i: p for i, p in enumerate(procs) if i not in runs}
     by_conn = {p.conn: i for i, p in pending.items()}
@@ -302,7 +347,7 @@ def _collect(procs, runs, t0, timeout, reason=None):
         proc = pending[i]
         try:
             if proc.conn.poll():
-                runs[i] = _decode(proc.conn.recv_bytes(), t0, reason)
+                runs[i] = _decode(proc.conn.recv_bytes(), t0, reason, stats)
                 continue
         except (EOFError, OSError):
             pass
@@ -313,8 +358,10 @@ def _collect(procs, runs, t0, timeout, reason=None):
     return True
 
 
-def _decode(data, t0, reason=None):
+def _decode(data, t0, reason=None, stats=None):
     rec = pickle.loads(data)
+    if stats is not None and rec.get("comm") is not None:
+        stats[rec["worker_id"]] = rec["comm"]
     run = WorkerRun(worker_id=rec["worker_id"], pid=rec["pid"],
                     start=rec["start"] - t0, end=rec["end"] - t0, cpu=rec["cpu"],
                     stdout=rec["stdout"], stderr=rec["stderr"])
@@ -350,7 +397,7 @@ def _decode(data, t0, reason=None):
     return run
 
 
-def _stop(gang, procs, runs, t0, reason):
+def _stop(gang, procs, runs, t0, reason, stats=None):
     """SIGUSR1 to busy workers; kill those that do not answer in time."""
     pending = [i for i in range(len(procs)) if i not in runs]
     for i in pending:
@@ -360,7 +407,7 @@ def _stop(gang, procs, runs, t0, reason):
             pass
     end = time.perf_counter() + STOP_GRACE
     while len(runs) < len(procs) and (left := end - time.perf_counter()) > 0:
-        if not _collect(procs, runs, t0, left, reason):
+        if not _collect(procs, runs, t0, left, reason, stats):
             break
     killed = [i for i in pending if i not in runs]
     for i in killed:
@@ -369,6 +416,8 @@ def _stop(gang, procs, runs, t0, reason):
     for i in pending:                             # a death we caused is the reason, not news
         if isinstance(runs[i].error, WorkerDied) and i not in killed:
             runs[i].error = reason
+    if stats is not None:
+        blame_the_stop(runs, pending, reason)
     if not killed:
         return []
     return [f"worker {', '.join(map(str, killed))} did not stop within {STOP_GRACE:g} s "

@@ -9,6 +9,8 @@ import os
 import threading
 import time
 
+from ..comm import DEFAULT_TIMEOUT, MemoryWorld, wants_comm
+from ..comm import attach as attach_comm
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
@@ -21,20 +23,27 @@ class _Expired(Exception):
     """The run's time was up before this worker's cell began."""
 
 
-def run_serial(func, n, *, timeout=None, measure=None):
-    """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1, one after another."""
+def run_serial(func, n, *, timeout=None, measure=None, comm_timeout=DEFAULT_TIMEOUT):
+    """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1, one after another.
+
+    A ``func`` taking ``comm`` gets in-memory channels on which only
+    messages to later workers can arrive (see concmagic.comm.SerialComm).
+    """
+    world = MemoryWorld(n, comm_timeout, model="serial") if wants_comm(func) else None
     with measured(measure) as done:
         if measure is not None:
             # Every worker runs on this thread; the report counts each one's
             # CPU between its own start and end.
             for slot in range(n):
                 measure.register_thread(slot)
-        report, t0 = _run_serial(func, n, timeout)
+        report, t0 = _run_serial(func, n, timeout, world)
         samples = done(t0)
+    if world is not None:
+        attach_comm(report, world.stats())
     return attach(report, samples)
 
 
-def _run_serial(func, n, timeout):
+def _run_serial(func, n, timeout, world=None):
     """The run itself; returns (report, its start time)."""
     stopper = Stoppable()
     expired = threading.Event()
@@ -66,7 +75,8 @@ def _run_serial(func, n, timeout):
     try:
         with capture_threads() as capture:
             for i in range(n):
-                run = None if expired.is_set() else _run_one(guarded, i, n, t0, stopper, capture)
+                run = None if expired.is_set() else _run_one(guarded, i, n, t0, stopper, capture,
+                                                              world)
                 if run is None:
                     run = WorkerRun(worker_id=i, pid=os.getpid(), error=RunTimeout(
                         f"worker {i} was not started: the run's timeout of {timeout:g} s expired"))
@@ -81,13 +91,18 @@ def _run_serial(func, n, timeout):
     return report, t0
 
 
-def _run_one(func, worker_id, n, t0, stopper, capture):
+def _run_one(func, worker_id, n, t0, stopper, capture, world=None):
     """One worker's WorkerRun; None if the run expired before its cell began."""
     run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=threading.get_native_id())
     capture.register()
     c0 = time.thread_time()
     run.start = time.perf_counter() - t0
-    run.result, error = stopper.call(func, worker_id=worker_id, n_workers=n)
+    if world is None:
+        run.result, error = stopper.call(func, worker_id=worker_id, n_workers=n)
+    else:
+        run.result, error = stopper.call(func, worker_id=worker_id, n_workers=n,
+                                         comm=world.comm(worker_id))
+        world.finish(worker_id, error)
     run.end = time.perf_counter() - t0
     run.cpu = time.thread_time() - c0
     run.stdout, run.stderr = capture.output()

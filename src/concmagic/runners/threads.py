@@ -23,6 +23,8 @@ import queue
 import threading
 import time
 
+from ..comm import DEFAULT_TIMEOUT, MemoryWorld, blame_the_stop, wants_comm
+from ..comm import attach as attach_comm
 from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
@@ -63,10 +65,11 @@ class _StartGate:
 
 
 class _Job:
-    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure", "progress")
+    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure", "progress", "world")
 
-    def __init__(self, func, n, capture, measure, progress):
+    def __init__(self, func, n, capture, measure, progress, world=None):
         self.func = func
+        self.world = world                        # the run's comm channels, if func takes comm
         self.measure = measure
         self.progress = progress
         self.n = n
@@ -106,7 +109,12 @@ class _Worker:
         job.barrier.wait(_BARRIER_TIMEOUT)        # on timeout: a laggard; start anyway
         c0 = time.thread_time()
         run.start = time.perf_counter() - job.t0
-        run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
+        if job.world is None:
+            run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
+        else:
+            run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n,
+                                                  comm=job.world.comm(worker_id))
+            job.world.finish(worker_id, error)   # peers waiting on it stop waiting
         run.end = time.perf_counter() - job.t0
         run.cpu = time.thread_time() - c0
         run.stdout, run.stderr = job.capture.output()
@@ -142,8 +150,13 @@ class _Gang:
 _gang = _Gang()
 
 
-def run_threads(func, n, *, timeout=None, measure=None, progress=None):
-    """Run ``func(worker_id=i, n_workers=n)`` in n threads at once; a Report."""
+def run_threads(func, n, *, timeout=None, measure=None, progress=None,
+                comm_timeout=DEFAULT_TIMEOUT):
+    """Run ``func(worker_id=i, n_workers=n)`` in n threads at once; a Report.
+
+    A ``func`` taking ``comm`` also gets its end of in-memory channels
+    (concmagic.comm): objects are handed over, never copied.
+    """
     # A run started from inside a worker (a cell calling concmagic.run) must
     # not wait for the gang it is running on: it gets a gang of its own.
     gang = _gang if _gang.lock.acquire(blocking=False) else None
@@ -152,7 +165,8 @@ def run_threads(func, n, *, timeout=None, measure=None, progress=None):
         gang = _Gang()
     try:
         gang.resize(n)
-        return _run(gang, func, n, timeout, measure, progress)
+        world = MemoryWorld(n, comm_timeout) if wants_comm(func) else None
+        return _run(gang, func, n, timeout, measure, progress, world)
     finally:
         if own:
             gang.shutdown()
@@ -160,9 +174,9 @@ def run_threads(func, n, *, timeout=None, measure=None, progress=None):
             gang.lock.release()
 
 
-def _run(gang, func, n, timeout, measure, progress):
+def _run(gang, func, n, timeout, measure, progress, world=None):
     with capture_threads() as capture, measured(measure) as done:
-        job = _Job(func, n, capture, measure, progress)
+        job = _Job(func, n, capture, measure, progress, world)
         for worker_id, worker in enumerate(gang.workers):
             worker.stopper.arm()
             worker.inbox.put((job, worker_id))
@@ -192,6 +206,8 @@ def _run(gang, func, n, timeout, measure, progress):
     report = Report(model="threads", n_workers=n, wall=wall,
                     workers=[runs[i] for i in range(n)])
     report.notes.extend(notes)
+    if world is not None:
+        attach_comm(report, world.stats())
     return attach(report, samples)
 
 
@@ -207,6 +223,8 @@ def _stop(gang, job, runs, reason):
         except queue.Empty:
             break
         runs[run.worker_id] = run
+    if job.world is not None:
+        blame_the_stop(runs, pending, reason)
     stuck = [i for i in pending if i not in runs]
     for i in sorted(stuck, reverse=True):
         runs[i] = WorkerRun(worker_id=i, pid=os.getpid(),

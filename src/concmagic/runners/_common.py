@@ -9,7 +9,7 @@ import traceback
 from .. import _core as kernels
 
 __all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "wait_slice",
-           "STOP_GRACE"]
+           "collect", "STOP_GRACE"]
 
 #: Seconds a stopped worker gets to unwind before it is reported as stuck.
 #: Pure-Python code stops at its next bytecode; compiled kernels within a
@@ -166,3 +166,40 @@ def wait_slice(left, progress):
     if progress is None:
         return left
     return progress.every if left is None else min(left, progress.every)
+
+
+def collect(done, n, t0, timeout, progress, stop):
+    """Gather n WorkerRuns from queue ``done``: the in-process runners' wait loop.
+
+    Waits until the deadline (``timeout`` seconds after ``t0``), in slices
+    that let ``progress`` redraw; at the deadline, or on Ctrl-C, calls
+    ``stop(runs, reason)``, which stops the rest and returns notes for the
+    report. Returns ``(runs by worker id, notes)``; re-raises Ctrl-C.
+    """
+    import queue
+    import time
+
+    from ..errors import RunTimeout
+
+    runs, notes = {}, []
+    deadline = None if timeout is None else t0 + timeout
+    try:
+        while len(runs) < n:
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            try:
+                run = done.get(timeout=wait_slice(left, progress))
+            except queue.Empty:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    notes = stop(runs, RunTimeout(
+                        f"did not finish within the timeout of {timeout:g} s; stopped"))
+                    break
+                progress.tick(t0, runs)           # only a progress slice ran out
+                continue
+            runs[run.worker_id] = run
+    except KeyboardInterrupt:
+        stop(runs, KeyboardInterrupt())
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    return runs, notes

@@ -65,11 +65,10 @@ import time
 from .. import _core as kernels
 from ..comm import DEFAULT_TIMEOUT, AsyncWorld, blame_the_stop, wants_comm
 from ..comm import attach as attach_comm
-from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
 from ._common import (STOP_GRACE, StopRequest, Stoppable, attach, format_error, measured,
-                      wait_slice)
+                      collect)
 
 __all__ = ["run_asyncio", "shutdown", "loop_status", "LOOP_THREAD_NAME"]
 
@@ -420,28 +419,9 @@ def run_asyncio(func, n, *, timeout=None, measure=None, progress=None,
 def _run(loop_thread, func, n, timeout, measure, progress, world=None):
     with capture_threads() as capture, measured(measure) as done:
         job = _Job(func, n, capture, measure, loop_thread, world)
-        runs, notes = {}, []
-        deadline = None if timeout is None else job.t0 + timeout
-        try:
-            loop_thread.call(_launch, job, loop_thread.loop)
-            while len(runs) < n:
-                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-                try:
-                    run = job.done.get(timeout=wait_slice(left, progress))
-                except queue.Empty:
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        notes = _stop(loop_thread, job, runs, RunTimeout(
-                            f"did not finish within the timeout of {timeout:g} s; stopped"))
-                        break
-                    progress.tick(job.t0, runs)   # only a progress slice ran out
-                    continue
-                runs[run.worker_id] = run
-        except KeyboardInterrupt:
-            _stop(loop_thread, job, runs, KeyboardInterrupt())
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
+        loop_thread.call(_launch, job, loop_thread.loop)
+        runs, notes = collect(job.done, n, job.t0, timeout, progress,
+                              lambda runs, reason: _stop(loop_thread, job, runs, reason))
         wall = time.perf_counter() - job.t0
         samples = done(job.t0)
     report = Report(model="asyncio", n_workers=n, wall=wall,

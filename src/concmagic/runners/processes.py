@@ -29,7 +29,6 @@ replaced on the next run.
 """
 import atexit
 import contextlib
-import math
 import multiprocessing
 import os
 import pickle

@@ -25,10 +25,9 @@ import time
 
 from ..comm import DEFAULT_TIMEOUT, MemoryWorld, blame_the_stop, wants_comm
 from ..comm import attach as attach_comm
-from ..errors import RunTimeout
 from ..report import Report, WorkerRun
 from ._capture import capture_threads
-from ._common import STOP_GRACE, Stoppable, attach, measured, wait_slice
+from ._common import STOP_GRACE, Stoppable, attach, measured, collect
 
 __all__ = ["run_threads", "shutdown", "gang_status"]
 
@@ -180,27 +179,8 @@ def _run(gang, func, n, timeout, measure, progress, world=None):
         for worker_id, worker in enumerate(gang.workers):
             worker.stopper.arm()
             worker.inbox.put((job, worker_id))
-        runs, notes = {}, []
-        deadline = None if timeout is None else job.t0 + timeout
-        try:
-            while len(runs) < n:
-                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-                try:
-                    run = job.done.get(timeout=wait_slice(left, progress))
-                except queue.Empty:
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        notes = _stop(gang, job, runs, RunTimeout(
-                            f"did not finish within the timeout of {timeout:g} s; stopped"))
-                        break
-                    progress.tick(job.t0, runs)   # only a progress slice ran out
-                    continue
-                runs[run.worker_id] = run
-        except KeyboardInterrupt:
-            _stop(gang, job, runs, KeyboardInterrupt())
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
+        runs, notes = collect(job.done, n, job.t0, timeout, progress,
+                              lambda runs, reason: _stop(gang, job, runs, reason))
         wall = time.perf_counter() - job.t0
         samples = done(job.t0)
     report = Report(model="threads", n_workers=n, wall=wall,

@@ -154,7 +154,7 @@ class ConcMagic(Magics):
         argv, code = _split_line(self.compare.parser, line)
         args = self.compare.parser.parse_args(argv)
         n = self._workers(args.workers)
-        timeout = self._timeout(args.timeout)
+        timeout = self._seconds(args.timeout, self.timeout, "--timeout")
         models = _parse_models(args.models)
         _check_out(args.out)
         prepared = self._prepare("compare", cell, code)
@@ -234,8 +234,8 @@ class ConcMagic(Magics):
         argv, code = _split_line(magic.parser, line)
         args = magic.parser.parse_args(argv)
         n = self._workers(args.workers)
-        timeout = self._timeout(args.timeout)
-        comm_timeout = self._comm_timeout(args.comm_timeout)
+        timeout = self._seconds(args.timeout, self.timeout, "--timeout")
+        comm_timeout = self._seconds(args.comm_timeout, self.comm_timeout, "--comm-timeout")
         pull = _parse_pull(args.pull)
         _check_out(args.out)
         prepared = self._prepare(model, cell, code, pull)
@@ -285,20 +285,15 @@ class ConcMagic(Magics):
             raise UsageError(f"-n/--workers must be a positive integer; got {n}")
         return n
 
-    def _timeout(self, timeout):
-        if timeout is None:
-            return self.timeout or None
-        if not timeout > 0:
-            raise UsageError(f"--timeout must be a positive number of seconds; got {timeout:g}")
-        return timeout
-
-    def _comm_timeout(self, timeout):
-        if timeout is None:
-            return self.comm_timeout or None
-        if not timeout > 0:
-            raise UsageError(f"--comm-timeout must be a positive number of seconds; "
-                             f"got {timeout:g}")
-        return timeout
+    @staticmethod
+    def _seconds(value, default, option):
+        """A positive number of seconds from ``option``, else the %config
+        ``default`` (where 0 means none)."""
+        if value is None:
+            return default or None
+        if not value > 0:
+            raise UsageError(f"{option} must be a positive number of seconds; got {value:g}")
+        return value
 
     def _pull(self, report, pull):
         pulled = {name: [] for name in pull}

@@ -29,9 +29,18 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) scripts/run_notebooks.py
 
-bench: $(STAMP)
+# Every benchmark group of issue 6 into benchmarks/RESULTS.md; the peers
+# (numba, loky, joblib, gilknocker, ipyparallel) come with the bench extra.
+# `make bench BENCH_ARGS=--quick` for a short pass.
+BENCH_STAMP := $(VENV)/.installed-bench-$(subst $(comma),-,$(EXTRAS))
+BENCH_ARGS  ?=
+
+$(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS),bench]'
-	$(PY) benchmarks/kernels.py
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build notebooks/_build src/concmagic/_core.c src/concmagic/*.so src/*.egg-info

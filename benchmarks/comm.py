@@ -2,6 +2,7 @@
 
     python benchmarks/comm.py            # full run: about 10 s
     python benchmarks/comm.py --quick    # about a second: a smoke test, not a measurement
+    python -m benchmarks --groups comm   # the same tables, into benchmarks/RESULTS.md
 
 A ping-pong: worker 0 sends a payload to worker 1, which sends it back;
 worker 0 times each round trip inside the cell (``time.perf_counter``
@@ -35,8 +36,9 @@ import time
 from pathlib import Path
 
 try:                                             # python -m benchmarks.comm
-    from . import _util
+    from . import _results, _util
 except ImportError:                              # python benchmarks/comm.py
+    import _results
     import _util
 
 import concmagic
@@ -52,12 +54,13 @@ NOISY_SPREAD = 0.5
 
 
 class Settings:
-    def __init__(self, quick):
-        self.quick = quick
-        self.batches = 2 if quick else 6          # reported batches per variant
-        self.trips = 200 if quick else 1000       # round trips per batch (small payloads)
-        self.warmup = 20 if quick else 100        # round trips dropped at each batch's start
-        self.payloads = ["int", "64 KiB"] if quick else list(PAYLOADS)
+    def __init__(self, quick, tiny=False):
+        self.quick = quick = quick or tiny
+        self.batches = 1 if tiny else 2 if quick else 6    # reported batches per variant
+        self.trips = 50 if tiny else 200 if quick else 1000  # round trips per batch (small)
+        self.warmup = 5 if tiny else 20 if quick else 100  # dropped at each batch's start
+        self.payloads = (["int"] if tiny else ["int", "64 KiB"] if quick
+                         else list(PAYLOADS))
 
     def trips_for(self, payload):
         # Big payloads cost far more per trip: fewer trips keep the run short.
@@ -257,12 +260,78 @@ def report(settings, results, jobs):
               "mechanism's own cost. Rerun on a quiet machine before quoting a mean.")
 
 
+def _label(name):
+    """ "threads     concmagic comm" -> "threads: concmagic comm" """
+    model, mechanism = name.split(None, 1)
+    return f"{model}: {mechanism}"
+
+
+def rows_of(settings, results, jobs):
+    """The tables as rows (see benchmarks/_results.py): one table per payload."""
+    rows = [_results.text(
+        f"Ping-pong between worker 0 and worker 1: round-trip time (send + reply) per "
+        f"message pair, timed in worker 0, so the figures are the messages alone, not the "
+        f"run's start. Each concmagic row sits beside the bare standard-library mechanism "
+        f"of its model (2 queue.SimpleQueue, a multiprocessing.Pipe, 2 asyncio.Queue). "
+        f"{settings.batches} batch(es) per variant, alternating, after one warm-up batch; "
+        f"the first trips of each batch are warm-up too. Ratios are to concmagic's "
+        f"threads comm, same payload. The extra columns: p90 and spread (std dev / mean) "
+        f"of the round trips.")]
+    noisy = 0
+    for payload_name, samples in results.items():
+        table = f"Round trip, payload {payload_name}"
+        for name in jobs:
+            values = samples[name]
+            sp = spread(values)
+            noisy += sp > NOISY_SPREAD
+            row = {"table": table, "tool": _label(name), "min": min(values),
+                   "median": statistics.median(values),
+                   "extra": {"p90": percentile(values, 0.9), "spread": f"{sp:.0%}",
+                             "trips": str(len(values))}}
+            if name == "threads     concmagic comm":
+                row["reference"] = True
+            rows.append(row)
+    def ratio(payload_name):
+        samples = results[payload_name]
+        return (statistics.median(samples["processes   concmagic comm"])
+                / statistics.median(samples["threads     concmagic comm"]))
+    first, last = settings.payloads[0], settings.payloads[-1]
+    rows.append(_results.text(
+        f"Between processes, a round trip costs {ratio(first):.1f}x what it costs between "
+        f"threads with a payload of {first}"
+        + (f", and {ratio(last):.0f}x with {last}" if last != first else "")
+        + ": each way it is pickled, written, read and unpickled, where threads hand the "
+          "object over."))
+    if noisy:
+        rows.append(_results.text(
+            f"{noisy} rows have a spread (std dev / mean) over {NOISY_SPREAD:.0%}: a few "
+            f"round trips took far longer than the rest (a woken thread waiting out "
+            f"another's hold on the GIL, the scheduler of a shared machine). The median "
+            f"and p90 are robust to them; the min is the mechanism's own cost."))
+    return rows
+
+
+def run(quick=False, tiny=False):
+    """Every comm table as rows (see benchmarks/_results.py)."""
+    settings = Settings(quick, tiny)
+    raw_processes = RawProcesses()
+    try:
+        jobs = variants(raw_processes)
+        results = measure(settings, jobs)
+    finally:
+        raw_processes.close()
+        concmagic.shutdown()
+    return rows_of(settings, results, jobs)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="few round trips, two payloads (a smoke test, not a measurement)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="fewer still, one payload (the smoke test's pass)")
     args = parser.parse_args(argv)
-    settings = Settings(args.quick)
+    settings = Settings(args.quick, args.tiny)
     started = time.perf_counter()
     print(f"concmagic comm benchmark{' (--quick: not a measurement)' if args.quick else ''}")
     print(f"concmagic {concmagic.__version__}")
@@ -289,8 +358,10 @@ def main(argv=None):
 
     first, last = settings.payloads[0], settings.payloads[-1]
     print(f"Between processes, a round trip costs {ratio(first):.1f}x what it costs between "
-          f"threads with a payload of {first}, and {ratio(last):.0f}x with {last}: each way "
-          f"it is pickled, written, read and unpickled, where threads hand the object over.")
+          f"threads with a payload of {first}"
+          + (f", and {ratio(last):.0f}x with {last}" if last != first else "")
+          + ": each way it is pickled, written, read and unpickled, where threads hand the "
+            "object over.")
     load = _util.load_average()
     print(f"Took {time.perf_counter() - started:.1f} s; load average at the end: "
           f"{'n/a' if load is None else f'{load:.2f}'}.")

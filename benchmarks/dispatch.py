@@ -1,12 +1,13 @@
-"""What does it cost to hand an empty cell to N workers, next to the standard pools?
+"""What does it cost to hand an empty cell to N workers, next to the tools users would use instead?
 
-    python benchmarks/dispatch.py            # full run: about 20 s
+    python benchmarks/dispatch.py            # full run: about a minute
     python benchmarks/dispatch.py --quick    # few runs, no warm-up: a smoke test, not a measurement
     python benchmarks/dispatch.py --profile  # where concmagic's dispatch time goes
+    python -m benchmarks --groups dispatch   # the same tables, into benchmarks/RESULTS.md
 
 The function run is empty, so all that is measured is the hand-off: waking
 the workers, getting the function to them, collecting N replies, building
-the Report. Four questions, four tables:
+the Report. Five questions, five kinds of table:
 
 1. Threads, N = 1, 2, 8: ``concmagic.run(empty, n=N, model="threads")`` beside
    a warm ThreadPoolExecutor(N) given N tasks (waited for, results taken),
@@ -19,13 +20,23 @@ the Report. Four questions, four tables:
    way a notebook cell makes it (defined in ``__main__``), so cloudpickle
    ships it by value on every run, as it does in real use; the pools get a
    module-level function, pickled by reference.
-3. Cold start: the first ``concmagic.run(empty, 2, "processes")`` in a fresh
+3. Processes, warm, against the cluster tools, N = 1, 2, 8, in a second pass
+   (their schedulers and heartbeats would otherwise run beside the first):
+   ipyparallel on N engines of a local cluster (127.0.0.1) doing what
+   ``%%px`` does with a cell (``view.execute(cell, silent=False)``, then wait
+   for the result and the output), and a Dask LocalCluster (127.0.0.1, N
+   worker processes of one thread): ``client.run(empty)`` on every worker,
+   and N ``client.submit`` + ``gather``. concmagic is timed again beside them.
+4. Cold start: the first ``concmagic.run(empty, 2, "processes")`` in a fresh
    Python process (timed inside it, after ``import concmagic``, which is
-   timed apart), beside a fresh multiprocessing.Pool(2) + map of 2 tasks.
-   Each repeat is a new process.
-4. Cells: an IPython InteractiveShell running ``%%threads -n 8 -q`` / ``pass``
+   timed apart), beside each peer's first 2 tasks in a fresh process: a new
+   multiprocessing.Pool(2), ProcessPoolExecutor(2), loky executor, ipyparallel
+   cluster of 2 engines, Dask LocalCluster of 2 workers. Each repeat is a new
+   process.
+5. Cells: an IPython InteractiveShell running ``%%threads -n 8 -q`` / ``pass``
    (and ``%%threads -n 8`` with its report displayed) beside a plain
-   ``pass`` cell: what the magic adds to a cell, in ms.
+   ``pass`` cell, and a warm ThreadPoolExecutor(8) given 8 empty tasks: what
+   the magic adds to a cell, and how that compares with the pool.
 
 Where ``concmagic.run`` takes ``measure=`` (the CPU sampler and GIL probe
 that run beside every run by default), rows with ``measure=False`` show what
@@ -38,12 +49,13 @@ and is never reported; min, median, mean and p99 of the calls are reported
 (the mean and p99 show calls that stall: multiprocessing.Pool's do, for
 milliseconds); ratios are of medians; differences under 10% are called
 noise. A variant whose rounds would take more than ``Settings.budget``
-seconds gets fewer of them (never under 3). Each goal is printed with the
-measured median and "met" or by how much it was missed; where the mins
-disagree with the medians about it, the verdict is "inconclusive".
+seconds gets fewer of them (never under 3). Each goal is judged on the
+medians; where the mins disagree with the medians about it, the verdict is
+"inconclusive".
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -56,8 +68,9 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 try:                                             # python -m benchmarks.dispatch
-    from . import _util
+    from . import _results, _util
 except ImportError:                              # python benchmarks/dispatch.py
+    import _results
     import _util
 
 import concmagic
@@ -73,29 +86,37 @@ THREAD_NS = (1, 2, 8)
 PROCESS_NS = (1, 2, 8)
 CELL_WORKERS = 8
 
-# Goals (lower is better).
+# Goals (issue 6; lower is better unless said).
 GOAL_THREADS = 1.5           # concmagic threads n=8 / warm ThreadPoolExecutor(8)
 GOAL_PROCESSES = 1.0         # concmagic processes n=2 / warm multiprocessing.Pool(2)
+GOAL_PX = 10.0               # ipyparallel %%px n=2 / concmagic processes n=2: at least this
 GOAL_COLD = 0.100            # seconds: first concmagic.run(empty, 2, "processes")
-GOAL_CELL = 0.0003           # seconds: %%threads -n 8 -q cell minus a `pass` cell
+GOAL_CELL = 0.0003           # seconds: %%threads -n 8 -q cell minus a `pass` cell (issue 5)
+
+#: Why the slow-to-start peers are left out of a --tiny pass.
+TINY_REASON = "--tiny leaves out peers that take seconds to start"
 
 
 class Settings:
-    """How long and how often: the full run, or --quick."""
+    """How long and how often: the full run, --quick, or --tiny (the smoke test's)."""
 
-    def __init__(self, quick):
-        self.quick = quick
-        self.rounds = 3 if quick else 20          # rounds per variant, at most
+    def __init__(self, quick, tiny=False):
+        self.quick = quick or tiny
+        self.tiny = tiny
+        self.rounds = 2 if tiny else 3 if quick else 20   # rounds per variant, at most
         # ...but a slow variant stops after this many seconds of samples
         # (never fewer than min_rounds): a cell that draws a picture takes 0.4 s.
-        self.budget = 0.3 if quick else 1.5
-        self.min_rounds = 2 if quick else 3
-        self.warmup = 0.0 if quick else 0.15      # seconds per variant, before timing
+        self.budget = 0.1 if tiny else 0.3 if quick else 1.5
+        self.min_rounds = 2 if self.quick else 3
+        self.warmup = 0.0 if self.quick else 0.15  # seconds per variant, before timing
         # Seconds one sample (a batch of calls) should take.
-        self.target_threads = 0.001 if quick else 0.004
-        self.target_processes = 0.002 if quick else 0.010
-        self.target_cells = 0.002 if quick else 0.010
-        self.cold_repeats = 2 if quick else 5
+        self.target_threads = 0.0005 if tiny else 0.001 if quick else 0.004
+        self.target_processes = 0.001 if tiny else 0.002 if quick else 0.010
+        self.target_cells = 0.001 if tiny else 0.002 if quick else 0.010
+        self.cold_repeats = 1 if tiny else 2 if quick else 5
+        # Cluster peers: seconds to start; their cold start has its own, smaller count.
+        self.cluster_peers = not tiny
+        self.cold_cluster_repeats = 1 if quick else 3
 
 
 # ---------------------------------------------------------------------------
@@ -131,6 +152,15 @@ def _default_start_method():
         return "forkserver" if os.name == "posix" else "spawn"
 
 
+def _installed(module):
+    """None when ``module`` can be imported, else the reason it cannot."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        return f"{module} cannot be imported ({exc})"
+    return None if found else f"{module} not installed (pip install .[bench])"
+
+
 # ---------------------------------------------------------------------------
 # Timing helpers
 # ---------------------------------------------------------------------------
@@ -164,52 +194,45 @@ def measure(calls, settings, target, between=None):
     return {name: _util.Stats(s, loops[name]) for name, s in samples.items()}
 
 
-def stats_row(name, st, last):
-    return [name, fmt_time(st.min), fmt_time(st.median), fmt_time(st.mean),
-            fmt_time(st.quantile(0.99)), str(st.runs), last]
-
-
-STATS_HEADER = ["min", "median", "mean", "p99", "calls"]
-
-
-def print_stats(stats, ref, ref_label):
-    """One table: min, median, mean, p99, calls, median ratio to ``ref``."""
-    ref_median = stats[ref].median
-    rows = [stats_row(name, st, "1.00x (reference)" if name == ref else
-                      fmt_ratio(st.median / ref_median))
-            for name, st in stats.items()]
-    _util.print_table(["variant", *STATS_HEADER, f"vs {ref_label} (median)"], rows,
-                      indent="    ")
-    warn_tails(stats)
-
-
-def warn_tails(stats, limit=1.5):
+def tail_note(stats, limit=1.5):
     """pyperf-style check, with our numbers: calls that stall, and how to read them."""
     heavy = [f"{name} (mean {st.mean / st.median:.1f}x the median, p99 "
              f"{fmt_time(st.quantile(0.99))})"
              for name, st in stats.items() if st.runs > 1 and st.mean > limit * st.median]
-    if heavy:
-        load = _util.load_average()
-        print(f"    ! some calls stall: {'; '.join(heavy)}; load average now "
-              f"{'n/a' if load is None else f'{load:.2f}'}.\n"
-              f"      The median is the typical call, the mean what many calls cost in all; "
-              f"if the load is high, rerun when the machine is idle.")
+    if not heavy:
+        return None
+    load = _util.load_average()
+    return (f"Some calls stall: {'; '.join(heavy)}; load average then "
+            f"{'n/a' if load is None else f'{load:.2f}'}. The median is the typical call, "
+            f"the mean what many calls cost in all; if the load is high, rerun when the "
+            f"machine is idle.")
 
 
-def ratio_goal(stats, ours, ref, label, limit):
-    """Print and return the goal line for median(ours) / median(ref) <= limit."""
-    mine, theirs = stats[ours], stats[ref]
-    goal = _util.goal_line(label, mine.median / theirs.median, limit, lambda r: f"{r:.2f}x",
-                           value_min=mine.min / theirs.min,
-                           compare_note=f"({fmt_time(mine.median)} vs {fmt_time(theirs.median)}, "
-                                        f"medians; the mins give {mine.min / theirs.min:.2f}x)")
-    print()
-    print("  " + goal)
-    unmeasured = stats.get(f"{ours}, measure=False")
-    if unmeasured is not None:
-        print(f"  (Not the goal: with measure=False, {unmeasured.median / theirs.median:.2f}x; "
-              f"the mins give {unmeasured.min / theirs.min:.2f}x.)")
-    return goal
+def ratio_goal_row(row, mine, theirs, limit, goal):
+    """Judge ``row`` on median(mine) / median(theirs) <= limit (mins as second opinion)."""
+    value, value_min = mine.median / theirs.median, mine.min / theirs.min
+    met, verdict = _results.judge(value, limit, lambda r: f"{r:.2f}x", value_min=value_min)
+    row.update(goal=goal, met=met, verdict=f"{verdict} ({value:.2f}x; mins {value_min:.2f}x)")
+    return row
+
+
+def table_rows(table, stats, ref=None, goals=None, notes=None):
+    """Rows of one table from name -> Stats; ``goals``: name -> (theirs, limit, words)."""
+    rows = []
+    for name, st in stats.items():
+        row = _results.stats_row(table, name, st)
+        if name == ref:
+            row["reference"] = True
+        if notes and name in notes:
+            row["note"] = notes[name]
+        if goals and name in goals:
+            theirs, limit, words = goals[name]
+            ratio_goal_row(row, st, stats[theirs], limit, words)
+        rows.append(row)
+    tails = tail_note(stats)
+    if tails:
+        rows.append(_results.text(tails, table))
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -239,14 +262,15 @@ def thread_calls(n, cell, executor, with_measure_flag):
     if with_measure_flag:
         calls["concmagic threads, measure=False"] = concmagic_unmeasured
     calls["ThreadPoolExecutor, warm"] = pool
-    calls[f"{n} x threading.Thread, fresh"] = fresh_threads
+    calls[f"{n} x threading.Thread, fresh (start + join)"] = fresh_threads
     return calls
 
 
 def bench_threads(settings, cell, with_measure_flag):
-    print()
-    print("1. Threads: an empty function to N warm threads, then wait for all")
-    results = {}
+    rows = [_results.text(
+        "An empty function to N warm threads, then wait for all. concmagic.run is what "
+        "%%threads calls (the magic's own cost over a plain cell is in the Cells table).",
+        f"Threads, N = {THREAD_NS[0]}", before=True)]
     for n in THREAD_NS:
         executor = ThreadPoolExecutor(n)
         try:
@@ -254,17 +278,17 @@ def bench_threads(settings, cell, with_measure_flag):
                             settings.target_threads)
         finally:
             executor.shutdown(wait=True)
-        print()
-        print(f"  N = {n}")
-        print_stats(stats, "ThreadPoolExecutor, warm", "ThreadPoolExecutor")
-        results[n] = stats
-    goal = ratio_goal(results[8], "concmagic threads", "ThreadPoolExecutor, warm",
-                      "concmagic threads n=8 / warm ThreadPoolExecutor(8)", GOAL_THREADS)
-    return goal
+        goals = None
+        if n == 8:
+            goals = {"concmagic threads": ("ThreadPoolExecutor, warm", GOAL_THREADS,
+                                           f"<= {GOAL_THREADS}x warm ThreadPoolExecutor(8)")}
+        rows += table_rows(f"Threads, N = {n}", stats, ref="ThreadPoolExecutor, warm",
+                           goals=goals)
+    return rows
 
 
 # ---------------------------------------------------------------------------
-# 2. Processes, warm
+# 2. Processes, warm: the standard library and loky
 # ---------------------------------------------------------------------------
 def _loky():
     try:
@@ -297,28 +321,26 @@ def process_calls(n, cell, pool, executor, loky_executor, with_measure_flag):
     calls["multiprocessing.Pool, warm"] = mp_pool
     calls["ProcessPoolExecutor, warm"] = submit_all(executor)
     if loky_executor is not None:
-        calls["loky reusable executor"] = submit_all(loky_executor)
+        calls["loky reusable executor, warm"] = submit_all(loky_executor)
     return calls
 
 
 def bench_processes(settings, cell, method, with_measure_flag):
-    print()
-    print("2. Processes, warm: an empty function to N started worker processes, then "
-          "wait for all")
-    print(f"   Start method: {method} (concmagic's default here; the standard pools use "
-          f"the same, and share its forkserver).")
-    print("   concmagic ships its function by value (cloudpickle) on every run and "
-          "gives each worker exactly one call;")
-    print("   Pool.map may hand several of the N tasks to one worker.")
     get_loky = _loky()
-    if get_loky is None:
-        print("   loky: skipped (not installed)")
-    else:
+    loky_words = "loky: not installed"
+    if get_loky is not None:
         import loky
-        print(f"   loky {loky.__version__}: its own start method (loky), not {method}")
+        loky_words = f"loky {loky.__version__} uses its own start method (loky), not {method}"
+    rows = [_results.text(
+        f"Processes, warm: an empty function to N started worker processes, then wait "
+        f"for all. Start method: {method} (concmagic's default here; the standard pools "
+        f"use the same). {loky_words}. concmagic ships its function by value "
+        f"(cloudpickle) on every run and gives each worker exactly one call; Pool.map may "
+        f"hand several of the N tasks to one worker.", f"Processes, warm, N = {PROCESS_NS[0]}",
+        before=True)]
     ctx = multiprocessing.get_context(method)
-    results = {}
     for n in PROCESS_NS:
+        table = f"Processes, warm, N = {n}"
         # concmagic first: its run resizes its gang to N (started, so warm).
         concmagic.run(cell, n, "processes")
         pool = ctx.Pool(n)
@@ -334,19 +356,167 @@ def bench_processes(settings, cell, method, with_measure_flag):
             executor.shutdown(wait=True)
             if loky_executor is not None:
                 loky_executor.shutdown(wait=True)
-        print()
-        print(f"  N = {n}")
-        print_stats(stats, "multiprocessing.Pool, warm", "multiprocessing.Pool")
-        results[n] = stats
-    goal = ratio_goal(results[2], "concmagic processes", "multiprocessing.Pool, warm",
-                      "concmagic processes n=2 / warm multiprocessing.Pool(2)", GOAL_PROCESSES)
-    return goal
+        goals = None
+        if n == 2:
+            goals = {"concmagic processes": ("multiprocessing.Pool, warm", GOAL_PROCESSES,
+                                             f"<= {GOAL_PROCESSES}x warm multiprocessing.Pool(2)")}
+        rows += table_rows(table, stats, ref="multiprocessing.Pool, warm", goals=goals)
+        if get_loky is None:
+            rows.append(_results.skipped(table, "loky reusable executor, warm",
+                                         _installed("loky") or "loky not importable"))
+    return rows
 
 
 # ---------------------------------------------------------------------------
-# 3. Cold start, each in a fresh process
+# 3. Processes, warm: the cluster tools (ipyparallel, Dask)
 # ---------------------------------------------------------------------------
-# Each script prints one JSON line of seconds measured inside the process.
+PX_TOOL = "ipyparallel, as %%px: view.execute(cell) + result + output"
+DASK_RUN = "Dask LocalCluster: client.run(empty) on every worker"
+DASK_SUBMIT = "Dask LocalCluster: N x client.submit + gather"
+
+
+class IpyparallelPeer:
+    """A local ipyparallel cluster (controller + engines on 127.0.0.1), started once."""
+
+    def __init__(self, n_engines):
+        import ipyparallel as ipp
+        self.version = ipp.__version__
+        self.cluster = ipp.Cluster(n=n_engines, controller_ip="127.0.0.1", log_level=40)
+        self.client = self.cluster.start_and_connect_sync()
+        self.client.wait_for_engines(n_engines, timeout=120)
+
+    def call(self, n):
+        view = self.client[:n]
+
+        def px():
+            # What %%px does with a cell (ipyparallel/client/magics.py, parallel_execute):
+            # execute it with silent=False, wait for the result and the engines' output.
+            result = view.execute("pass", silent=False, block=False)
+            result.get()
+            result.wait_for_output(timeout=10)
+        return px
+
+    def close(self):
+        try:
+            self.client.close()
+        finally:
+            self.cluster.stop_cluster_sync()
+
+
+class DaskPeer:
+    """A Dask LocalCluster of N single-threaded worker processes on 127.0.0.1."""
+
+    def __init__(self, n_workers):
+        import distributed
+        self.version = distributed.__version__
+        self.cluster = distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, silence_logs=50)
+        self.client = distributed.Client(self.cluster)
+        self.client.wait_for_workers(n_workers, timeout=120)
+
+    def calls(self, cell, n):
+        client = self.client
+
+        def run_all():
+            client.run(cell, worker_id=0, n_workers=n)
+
+        def submit_gather():
+            client.gather([client.submit(cell, worker_id=i, n_workers=n, pure=False)
+                           for i in range(n)])
+        return {DASK_RUN: run_all, DASK_SUBMIT: submit_gather}
+
+    def close(self):
+        try:
+            self.client.close()
+        finally:
+            self.cluster.close()
+
+
+def bench_cluster_peers(settings, cell):
+    rows = [_results.text(
+        "Processes, warm, against the cluster tools: the same empty cell to N engines or "
+        "workers, all on this machine (127.0.0.1). Measured in a pass of their own, "
+        "concmagic again beside them (their schedulers, heartbeats and event loops would "
+        "otherwise run beside the standard pools). ipyparallel is timed doing what %%px "
+        "does with a cell: view.execute(cell, silent=False), then the result and the "
+        "engines' output; Dask gets the same cell function, shipped by value by "
+        "cloudpickle, like concmagic's.", f"Processes, warm, N = {PROCESS_NS[0]}: cluster tools",
+        before=True)]
+    tables = [f"Processes, warm, N = {n}: cluster tools" for n in PROCESS_NS]
+    if not settings.cluster_peers:
+        for table in tables:
+            rows += [_results.skipped(table, tool, TINY_REASON)
+                     for tool in ("concmagic processes", PX_TOOL, DASK_RUN, DASK_SUBMIT)]
+        return rows
+    peers, missing, versions = {}, {}, []
+    for key, module in (("ipyparallel", "ipyparallel"), ("dask", "distributed")):
+        reason = _installed(module)
+        if reason:
+            missing[key] = f"skipped: {reason}"
+    # ipyparallel: one cluster with the most engines; N engines of it per table.
+    if "ipyparallel" not in missing:
+        try:
+            peers["ipyparallel"] = IpyparallelPeer(max(PROCESS_NS))
+        except Exception as exc:
+            missing["ipyparallel"] = _results.failed("", "", exc)["status"]
+    try:
+        for n, table in zip(PROCESS_NS, tables):
+            concmagic.run(cell, n, "processes")
+            calls = {"concmagic processes": lambda n=n: concmagic.run(cell, n, "processes")}
+            if "ipyparallel" in peers:
+                calls[PX_TOOL] = peers["ipyparallel"].call(n)
+            dask = None
+            if "dask" not in missing:
+                try:
+                    dask = DaskPeer(n)
+                    calls.update(dask.calls(cell, n))
+                    if n == PROCESS_NS[0]:
+                        versions.append(f"distributed {dask.version}")
+                except Exception as exc:
+                    missing["dask"] = _results.failed("", "", exc)["status"]
+            try:
+                stats = measure(calls, settings, settings.target_processes)
+            finally:
+                if dask is not None:
+                    dask.close()
+            table_part = table_rows(table, stats, ref="concmagic processes")
+            for row in table_part:
+                if row.get("tool") == PX_TOOL:
+                    mine, theirs = stats["concmagic processes"], stats[PX_TOOL]
+                    row["extra"]["times slower than concmagic"] = (
+                        f"{theirs.median / mine.median:.1f}x")
+                    if n == 2:
+                        value, value_min = theirs.median / mine.median, theirs.min / mine.min
+                        met, verdict = _results.judge(value, GOAL_PX, lambda r: f"{r:.1f}x",
+                                                      value_min=value_min, higher=True)
+                        row.update(goal=f"concmagic processes -n 2 >= {GOAL_PX:g}x faster "
+                                        f"than %%px", met=met,
+                                   verdict=f"{verdict} (concmagic {value:.1f}x faster; "
+                                           f"mins {value_min:.1f}x)")
+            rows += table_part
+            for key, tools in (("ipyparallel", (PX_TOOL,)), ("dask", (DASK_RUN, DASK_SUBMIT))):
+                if key in missing:
+                    rows += [{"table": table, "tool": t, "status": missing[key]} for t in tools]
+    finally:
+        if "ipyparallel" in peers:
+            peers["ipyparallel"].close()
+    if "ipyparallel" in peers:
+        versions.insert(0, f"ipyparallel {peers['ipyparallel'].version}")
+    if versions:
+        rows.append(_results.text(f"Versions: {', '.join(versions)}; ipyparallel's "
+                                  f"cluster has {max(PROCESS_NS)} engines, N of them per "
+                                  f"table; Dask gets a fresh LocalCluster of N workers "
+                                  f"per table.", tables[0], before=True))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# 4. Cold start, each in a fresh process
+# ---------------------------------------------------------------------------
+# Each script prints one JSON line of seconds measured inside the process:
+# "import" (the tool's import), "first" (from just before the pool or cluster
+# is made to the first 2 results in hand), "second" (the same 2 tasks again).
 COLD_CONCMAGIC = r"""
 import json, time
 t0 = time.perf_counter()
@@ -382,74 +552,187 @@ pool.terminate()
 print(json.dumps({"import": t1 - t0, "first": t3 - t2, "second": t4 - t3}))
 """
 
+COLD_PPE = r"""
+import json, sys, time
+sys.path.insert(0, BENCH_DIR)
+from _util import noop
+t0 = time.perf_counter()
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+t1 = time.perf_counter()
+t2 = time.perf_counter()
+ex = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(START_METHOD))
+[f.result() for f in [ex.submit(noop) for _ in range(2)]]
+t3 = time.perf_counter()
+[f.result() for f in [ex.submit(noop) for _ in range(2)]]
+t4 = time.perf_counter()
+ex.shutdown()
+print(json.dumps({"import": t1 - t0, "first": t3 - t2, "second": t4 - t3}))
+"""
 
-def run_cold(script, start_method):
+COLD_LOKY = r"""
+import json, sys, time
+sys.path.insert(0, BENCH_DIR)
+from _util import noop
+t0 = time.perf_counter()
+from loky import get_reusable_executor
+t1 = time.perf_counter()
+t2 = time.perf_counter()
+ex = get_reusable_executor(max_workers=2)
+[f.result() for f in [ex.submit(noop) for _ in range(2)]]
+t3 = time.perf_counter()
+[f.result() for f in [ex.submit(noop) for _ in range(2)]]
+t4 = time.perf_counter()
+ex.shutdown()
+print(json.dumps({"import": t1 - t0, "first": t3 - t2, "second": t4 - t3}))
+"""
+
+COLD_IPYPARALLEL = r"""
+import json, time
+t0 = time.perf_counter()
+import ipyparallel as ipp
+t1 = time.perf_counter()
+
+def px(view):
+    result = view.execute("pass", silent=False, block=False)
+    result.get()
+    result.wait_for_output(timeout=10)
+
+t2 = time.perf_counter()
+cluster = ipp.Cluster(n=2, controller_ip="127.0.0.1", log_level=40)
+client = cluster.start_and_connect_sync()
+client.wait_for_engines(2, timeout=120)
+px(client[:])
+t3 = time.perf_counter()
+px(client[:])
+t4 = time.perf_counter()
+client.close()
+cluster.stop_cluster_sync()
+print(json.dumps({"import": t1 - t0, "first": t3 - t2, "second": t4 - t3}))
+"""
+
+COLD_DASK = r"""
+import json, time
+t0 = time.perf_counter()
+import distributed
+t1 = time.perf_counter()
+namespace = {"__name__": "__main__"}
+exec("def empty(worker_id, n_workers):\n    pass\n", namespace)
+empty = namespace["empty"]
+t2 = time.perf_counter()
+cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None, silence_logs=50)
+client = distributed.Client(cluster)
+client.wait_for_workers(2, timeout=120)
+client.run(empty, worker_id=0, n_workers=2)
+t3 = time.perf_counter()
+client.run(empty, worker_id=0, n_workers=2)
+t4 = time.perf_counter()
+client.close()
+cluster.close()
+print(json.dumps({"import": t1 - t0, "first": t3 - t2, "second": t4 - t3}))
+"""
+
+
+def run_cold(script, start_method, timeout=120):
     """Seconds measured inside a fresh interpreter, plus its whole life seen from here."""
     code = (f"START_METHOD = {start_method!r}\nBENCH_DIR = {str(BENCH_DIR)!r}\n" + script)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=str(REPO))
+                          timeout=timeout, cwd=str(REPO))
     life = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"cold-start script failed ({proc.returncode}):\n{proc.stderr}")
-    times = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+    try:
+        times = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"exit code {proc.returncode}: {last}") from None
     times["life"] = life
+    if proc.returncode:
+        # Measured, then broke on the way out (seen: Dask, "FATAL: exception not
+        # rethrown", SIGABRT at interpreter exit): the figures stand, the row says so.
+        times["exit"] = f"exit code {proc.returncode} after measuring: {last}"
     return times
 
 
-def bench_cold(settings, method):
-    print()
-    print("3. Cold start: the first run in a fresh Python process (2 workers, empty function)")
-    print("   Timed inside the new process, from just before the call to just after (the "
-          "import is timed apart);")
-    print("   'process life' is the whole subprocess seen from outside: interpreter start, "
-          "imports, the run, exit.")
-    variants = {
-        f"concmagic.run(processes), default ({method})": (COLD_CONCMAGIC, None),
-    }
-    if "spawn" != method:
-        variants["concmagic.run(processes), spawn"] = (COLD_CONCMAGIC, "spawn")
+def cold_variants(settings, method):
+    """name -> (script, start method, repeats, None or why it is skipped)."""
+    cold, slow = settings.cold_repeats, settings.cold_cluster_repeats
+    variants = {f"concmagic.run(processes), default ({method})": (COLD_CONCMAGIC, None, cold,
+                                                                 None)}
+    if method != "spawn":
+        variants["concmagic.run(processes), spawn"] = (COLD_CONCMAGIC, "spawn", cold, None)
     for m in ("forkserver", "spawn"):
         if m in multiprocessing.get_all_start_methods():
-            variants[f"multiprocessing.Pool(2) + map, {m}"] = (COLD_POOL, m)
+            quick_only = settings.tiny and m != method
+            variants[f"multiprocessing.Pool(2) + map, {m}"] = (
+                COLD_POOL, m, cold, TINY_REASON if quick_only else None)
+    variants[f"ProcessPoolExecutor(2), {method}"] = (
+        COLD_PPE, method, cold, TINY_REASON if settings.tiny else None)
+    variants["loky reusable executor (2 workers)"] = (
+        COLD_LOKY, None, cold, _installed("loky") or (TINY_REASON if settings.tiny else None))
+    variants["ipyparallel cluster of 2 engines + %%px"] = (
+        COLD_IPYPARALLEL, None, slow,
+        _installed("ipyparallel") or (None if settings.cluster_peers else TINY_REASON))
+    variants["Dask LocalCluster(2) + client.run"] = (
+        COLD_DASK, None, slow,
+        _installed("distributed") or (None if settings.cluster_peers else TINY_REASON))
+    return variants
+
+
+def bench_cold(settings, method):
+    table = "Cold start: first run of 2 workers in a fresh process"
+    rows = [_results.text(
+        "Cold start: the first run of an empty function on 2 workers in a fresh Python "
+        "process, timed inside it from just before the pool (or cluster) is made to the "
+        "2 results in hand; the import is timed apart. 'process life' is the whole "
+        "subprocess seen from outside: interpreter start, imports, the run, exit. "
+        "Variants alternate, one fresh process per repeat.", table, before=True)]
+    variants = cold_variants(settings, method)
     samples = {name: [] for name in variants}
-    for _ in range(settings.cold_repeats):        # alternate, one fresh process each
-        for name, (script, m) in variants.items():
-            samples[name].append(run_cold(script, m))
+    errors = {}
+    for rnd in range(max(v[2] for v in variants.values())):
+        for name, (script, m, repeats, skip) in variants.items():
+            if skip or rnd >= repeats or name in errors:
+                continue
+            try:
+                samples[name].append(run_cold(script, m, timeout=300 if script in (
+                    COLD_IPYPARALLEL, COLD_DASK) else 120))
+            except Exception as exc:                 # one peer broke: its row says how
+                errors[name] = exc
 
-    def stats(name, key):
-        return _util.Stats([s[key] for s in samples[name]])
-
+    ours = f"concmagic.run(processes), default ({method})"
     ref = f"multiprocessing.Pool(2) + map, {method}"
-    ref_median = stats(ref, "first").median if ref in samples else None
-    rows = []
-    for name in variants:
-        first, imp, second, life = (stats(name, k) for k in ("first", "import", "second", "life"))
-        ratio = ("1.00x (reference)" if name == ref else
-                 fmt_ratio(first.median / ref_median) if ref_median else "n/a")
-        rows.append([name, fmt_time(first.min), fmt_time(first.median), ratio,
-                     fmt_time(imp.median), fmt_time(second.median), fmt_time(life.median)])
-    print()
-    _util.print_table(["variant", "first: min", "median", f"vs Pool {method}",
-                       "import (med)", "2nd run (med)", "process life (med)"], rows,
-                      indent="    ")
-    print(f"    {settings.cold_repeats} fresh processes per variant, alternated. 'import' is "
-          f"`import concmagic` (lazy: the engine loads at the first run)")
-    print("    or `import multiprocessing`; '2nd run' is the same call again, now warm.")
-    key = f"concmagic.run(processes), default ({method})"
-    first = stats(key, "first")
-    goal = _util.goal_line("first concmagic.run(empty, 2, 'processes') in a fresh process",
-                           first.median, GOAL_COLD, fmt_time, value_min=first.min,
-                           compare_note=f"(median of {len(first.samples)}; min "
-                                        f"{fmt_time(first.min)}; import concmagic "
-                                        f"{fmt_time(stats(key, 'import').median)} more)")
-    print()
-    print("  " + goal)
-    return goal
+    for name, (_, _, _, skip) in variants.items():
+        if skip:
+            rows.append(_results.skipped(table, name, skip))
+            continue
+        if name in errors:
+            rows.append(_results.failed(table, name, errors[name]))
+            continue
+
+        def stats(key):
+            return _util.Stats([s[key] for s in samples[name]])
+        first = stats("first")
+        exits = sorted({s["exit"] for s in samples[name] if "exit" in s})
+        row = {"table": table, "tool": name, "min": first.min, "median": first.median,
+               "extra": {"import (median)": stats("import").median,
+                         "2nd run (median)": stats("second").median,
+                         "process life (median)": stats("life").median,
+                         "samples": str(first.runs)}}
+        if exits:
+            row["note"] = "; ".join(exits)
+        if name == ref:
+            row["reference"] = True
+        if name == ours:
+            met, verdict = _results.judge(first.median, GOAL_COLD, fmt_time,
+                                          value_min=first.min)
+            row.update(goal=f"<= {fmt_time(GOAL_COLD)}", met=met, verdict=verdict)
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------
-# 4. Cells in an IPython shell
+# 5. Cells in an IPython shell
 # ---------------------------------------------------------------------------
 def make_shell():
     """A real InteractiveShell with concmagic loaded; history kept in memory."""
@@ -463,14 +746,15 @@ def make_shell():
 
 
 def bench_cells(settings):
-    print()
-    print(f"4. Cells: what %%threads -n {CELL_WORKERS} adds to a cell, through a real "
-          f"IPython InteractiveShell")
+    table = f"Cells: %%threads -n {CELL_WORKERS} through a real IPython shell"
     shell = make_shell()
+    quiet_name = f"%%threads -n {CELL_WORKERS} -q / pass"
+    shown_name = f"%%threads -n {CELL_WORKERS} / pass (report shown)"
+    pool_name = f"ThreadPoolExecutor({CELL_WORKERS}), warm: {CELL_WORKERS} empty tasks"
     cells = {
         "pass": "pass",
-        f"%%threads -n {CELL_WORKERS} -q / pass": f"%%threads -n {CELL_WORKERS} -q\npass",
-        f"%%threads -n {CELL_WORKERS} / pass (report shown)": f"%%threads -n {CELL_WORKERS}\npass",
+        quiet_name: f"%%threads -n {CELL_WORKERS} -q\npass",
+        shown_name: f"%%threads -n {CELL_WORKERS}\npass",
     }
     sink = io.StringIO()
 
@@ -482,9 +766,9 @@ def bench_cells(settings):
             result = shell.run_cell(source, store_history=True)
         if not result.success:
             error = result.error_in_exec or result.error_before_exec
-            raise SystemExit(f"cell {name!r} failed: {error!r}\n{sink.getvalue()}")
+            raise RuntimeError(f"cell {name!r} failed: {error!r}\n{sink.getvalue()}")
         if "report shown" in name and "threads:" not in sink.getvalue():
-            raise SystemExit(f"cell {name!r} showed no report:\n{sink.getvalue()}")
+            raise RuntimeError(f"cell {name!r} showed no report:\n{sink.getvalue()}")
 
     def call(source):
         def run_cell():
@@ -499,27 +783,55 @@ def bench_cells(settings):
         sink.truncate()
         shell.user_ns["_oh"].clear()
 
+    executor = ThreadPoolExecutor(CELL_WORKERS)
+
+    def pool():
+        for f in [executor.submit(noop) for _ in range(CELL_WORKERS)]:
+            f.result()
+
     formats = ", ".join(shell.display_formatter.active_types)
-    print(f"   store_history=True, history in memory; output sent to a StringIO; "
-          f"display formats computed: {formats}")
-    stats = measure({name: call(src) for name, src in cells.items()}, settings,
-                    settings.target_cells, between=housekeeping)
-    base = stats["pass"]
-    rows = [stats_row(name, st, "(reference)" if name == "pass" else
-                      f"+{(st.median - base.median) * 1e3:.3f} ms")
-            for name, st in stats.items()]
-    print()
-    _util.print_table(["cell", *STATS_HEADER, "vs pass (median)"], rows, indent="    ")
-    warn_tails(stats)
-    quiet = stats[f"%%threads -n {CELL_WORKERS} -q / pass"]
-    goal = _util.goal_line(f"%%threads -n {CELL_WORKERS} -q cell minus a pass cell",
-                           quiet.median - base.median, GOAL_CELL,
-                           lambda s: f"{s * 1e3:.3f} ms", value_min=quiet.min - base.min,
-                           compare_note=f"(medians: {fmt_time(quiet.median)} - "
-                                        f"{fmt_time(base.median)})")
-    print()
-    print("  " + goal)
-    return goal
+    calls = {name: call(src) for name, src in cells.items()}
+    calls[pool_name] = pool
+    try:
+        stats = measure(calls, settings, settings.target_cells, between=housekeeping)
+    finally:
+        executor.shutdown(wait=True)
+    base, quiet, tpe = stats["pass"], stats[quiet_name], stats[pool_name]
+    rows = [_results.text(
+        f"What the magic adds to a cell: IPython's run_cell with store_history=True, "
+        f"history in memory, output sent to a StringIO, display formats computed: "
+        f"{formats}. 'added' is the median minus the pass cell's. The last row is the "
+        f"warm pool of the threads goal, timed in the same alternation: the magic's "
+        f"addition over a pass cell, against it, is the magic-level reading of "
+        f"'%%threads -n 8 <= 1.5x a warm ThreadPoolExecutor'.", table, before=True)]
+    for name, st in stats.items():
+        row = _results.stats_row(table, name, st)
+        row["ratio"] = None
+        if name == "pass":
+            row["extra"]["added to pass"] = "(reference)"
+        elif name != pool_name:
+            row["extra"]["added to pass"] = f"+{(st.median - base.median) * 1e3:.3f} ms"
+        if name == quiet_name:
+            added, added_min = quiet.median - base.median, quiet.min - base.min
+            met, verdict = _results.judge(added, GOAL_CELL, lambda s: f"{s * 1e3:.3f} ms",
+                                          value_min=added_min)
+            row.update(goal=f"added <= {GOAL_CELL * 1e3:.1f} ms (issue 5)", met=met,
+                       verdict=verdict)
+            ratio = added / tpe.median
+            row["extra"]["added / TPE(8)"] = f"{ratio:.2f}x"
+        rows.append(row)
+    # The magic-level threads goal, judged on what the magic adds to a cell.
+    added, added_min = quiet.median - base.median, quiet.min - base.min
+    met, verdict = _results.judge(added / tpe.median, GOAL_THREADS, lambda r: f"{r:.2f}x",
+                                  value_min=added_min / tpe.min)
+    rows.append({"table": table, "tool": f"%%threads -n {CELL_WORKERS} -q, added to a "
+                 f"pass cell", "min": added_min, "median": added, "ratio": added / tpe.median,
+                 "goal": f"<= {GOAL_THREADS}x warm ThreadPoolExecutor(8) (the magic)",
+                 "met": met, "verdict": f"{verdict} ({added / tpe.median:.2f}x)"})
+    tails = tail_note(stats)
+    if tails:
+        rows.append(_results.text(tails, table))
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -704,58 +1016,65 @@ def profile(settings, cell, method):
 
 
 # ---------------------------------------------------------------------------
-# Main
+# The group: rows for python -m benchmarks; main() prints them
 # ---------------------------------------------------------------------------
+def run(quick=False, tiny=False):
+    """Every dispatch table as rows (see benchmarks/_results.py)."""
+    settings = Settings(quick, tiny)
+    cell = make_cell_function()
+    method = _default_start_method()
+    with_flag = _supports_measure_flag()
+    load = _util.load_average()
+    rows = [_results.text(
+        f"An empty cell to N workers: the hand-off alone. concmagic {concmagic.__version__}; "
+        f"{'up to ' if not settings.quick else ''}{settings.rounds} rounds per variant, each "
+        f"a batch of calls timed one by one, variants alternating"
+        + (f", after a warm-up of {settings.warmup:g} s per variant" if settings.warmup
+           else ", no warm-up") + ". concmagic.run measures by default (CPU sampler, GIL "
+        "probe); the 'measure=False' rows show it without. The extra columns are over "
+        "the calls: mean, p99, and how many calls were timed."
+        + (f" Load average at start: {load:.2f}." if load is not None else ""))]
+    sections = (("threads", lambda: bench_threads(settings, cell, with_flag)),
+                ("processes", lambda: bench_processes(settings, cell, method, with_flag)),
+                ("cluster tools", lambda: bench_cluster_peers(settings, cell)),
+                ("cold start", lambda: bench_cold(settings, method)),
+                ("cells", lambda: bench_cells(settings)))
+    try:
+        for name, section in sections:
+            try:
+                rows += section()
+            except Exception as exc:       # one broken section must not lose the others
+                import traceback
+                traceback.print_exc()
+                rows.append(_results.failed(f"Dispatch: {name}", name, exc))
+    finally:
+        concmagic.shutdown()
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="few runs, no warm-up (a smoke test, not a measurement)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="fewer still, and no peers that take seconds to start")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the tables: where concmagic's dispatch time goes")
     args = parser.parse_args(argv)
-    settings = Settings(args.quick)
-    cell = make_cell_function()
-    method = _default_start_method()
-    with_flag = _supports_measure_flag()
-
+    settings = Settings(args.quick, args.tiny)
     started = time.perf_counter()
-    print(f"concmagic dispatch benchmark{' (--quick: not a measurement)' if args.quick else ''}")
+    print(f"concmagic dispatch benchmark"
+          f"{' (--quick: not a measurement)' if settings.quick else ''}")
     package = Path(concmagic.__file__).resolve().parent
-    checkout = package.parent.parent              # .../src/concmagic -> the checkout
-    machine = _util.machine_lines(checkout)
-    print(f"concmagic {concmagic.__version__} from {package}; {machine[0]}")
-    for line in machine[1:]:
+    print(f"concmagic {concmagic.__version__} from {package}")
+    for line in _util.machine_lines(package.parent.parent):
         print(line)
-    load = _util.load_average()
-    if load is not None and load > 1.0 and not args.quick:
-        print(f"! The load average is {load:.2f} (over 1): other programs compete for the "
-              f"CPUs; expect spread-out numbers.")
     if args.profile:
-        profile(settings, cell, method)
+        profile(settings, make_cell_function(), _default_start_method())
         return 0
-    if args.quick:
-        print(f"Runs: {settings.rounds} rounds per variant, no warm-up.")
-    else:
-        print(f"Runs: up to {settings.rounds} rounds per variant, each a batch of calls timed "
-              f"one by one, variants alternating; warm-up of {settings.warmup:g} s per "
-              f"variant first, not reported.")
-    print(f"Differences under {NOISE:.0%} are noise. Ratios are of medians.")
-    if with_flag:
-        print("concmagic.run measures by default (CPU sampler, GIL probe); "
-              "'measure=False' rows show it without.")
-
-    goals = [bench_threads(settings, cell, with_flag),
-             bench_processes(settings, cell, method, with_flag),
-             bench_cold(settings, method),
-             bench_cells(settings)]
-    concmagic.shutdown()
-
     print()
-    print("Goals (medians):")
-    for goal in goals:
-        print("  " + goal)
+    _results.print_rows(run(args.quick, args.tiny))
     load = _util.load_average()
-    print()
     print(f"Took {time.perf_counter() - started:.1f} s; load average at the end: "
           f"{'n/a' if load is None else f'{load:.2f}'}.")
     return 0

@@ -2,6 +2,8 @@
 
     python benchmarks/kernels.py            # full run: ~10 s warm-up, then a few minutes
     python benchmarks/kernels.py --quick    # smaller inputs, no warm-up: a few seconds
+    python benchmarks/kernels.py --tiny     # the smoke test's sizes, no numba: about a second
+    python -m benchmarks --groups kernels   # the same tables, into benchmarks/RESULTS.md
 
 Two questions, two tables:
 
@@ -9,7 +11,8 @@ Two questions, two tables:
    same algorithm in plain C (``gcc -O3 -ffp-contract=off``, built here and
    loaded with ctypes; also with ``-march=native``, as numba compiles for the
    host CPU) and in numba ``@njit(nogil=True)`` when numba is installed.
-   Same inputs for every variant; ratios are to "C -O3".
+   Same inputs for every variant; ratios are to "C -O3". Goal (issue 6): the
+   nogil path <= 1.05x C -O3 and no slower than numba.
 2. Threads: each variant run by 1 thread, then by N = os.cpu_count() threads,
    each doing an equal share of the same total work. Speedup = 1-thread time /
    N-thread time. Only code that releases the GIL can gain.
@@ -36,13 +39,21 @@ from pathlib import Path
 
 import numpy as np
 
-from concmagic import _core, kernels
+from concmagic import kernels
+
+try:                                             # python -m benchmarks.kernels
+    from . import _results
+except ImportError:                              # python benchmarks/kernels.py
+    import _results
 
 # Differences smaller than this are reported as noise, not as findings.
 NOISE = 0.10
 # The full run's warm-up, in seconds, before anything is measured.
 WARMUP_SECONDS = 10.0
 BUILD_DIR = Path(__file__).resolve().parent / "_build"
+#: Goal (issue 6): each kernel's nogil path at most this many times gcc -O3's time
+#: (and no slower than numba's).
+GOAL_VS_C = 1.05
 
 
 # ---------------------------------------------------------------------------
@@ -252,6 +263,12 @@ QUICK = {
     "monte_carlo_pi": dict(n=100_000, seed=0),
     "mandelbrot": dict(height=60, width=80, max_iter=100),
 }
+# The smoke test's sizes (--tiny): each variant runs in milliseconds, python too.
+TINY = {
+    "count_primes": dict(lo=10**9, width=200),
+    "monte_carlo_pi": dict(n=10_000, seed=0),
+    "mandelbrot": dict(height=20, width=30, max_iter=50),
+}
 VIEW = dict(xmin=-2.0, xmax=1.0, ymin=-1.5, ymax=1.5)
 
 
@@ -414,12 +431,6 @@ def fmt_time(seconds):
     return f"{value:.{digits}f} {unit}"
 
 
-def fmt_ratio(r):
-    if abs(r - 1.0) < NOISE:
-        return f"{r:.2f}x (= within noise)"
-    return f"{r:.2f}x"
-
-
 def warm_up(benches, impls, seconds):
     """Run every variant on small inputs until `seconds` have passed; discard all."""
     small = {b.name: b for b in make_benches(QUICK)}
@@ -447,85 +458,147 @@ def make_benches(sizes):
 
 
 # ---------------------------------------------------------------------------
-# Main
+# The group: rows for python -m benchmarks; main() prints them
 # ---------------------------------------------------------------------------
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small inputs, few runs, no warm-up (a smoke test, not a measurement)")
-    args = parser.parse_args(argv)
+#: Why numba is left out of a --tiny pass: compiling its four functions takes seconds.
+TINY_NUMBA = "--tiny leaves numba out (its JIT compile takes seconds)"
 
-    sizes = QUICK if args.quick else FULL
-    repeats_compiled, repeats_python = (3, 1) if args.quick else (11, 3)
+
+def _single_thread_rows(bench, variants, samples, skipped_refs):
+    """Table 1 for one kernel: each variant alone, ratios to C -O3, the nogil goal."""
+    table = f"1 thread: {bench.label}"
+    rows = []
+    med = {v: statistics.median(s) for v, s in samples.items()}
+    low = {v: min(s) for v, s in samples.items()}
+    for v, s in samples.items():
+        row = {"table": table, "tool": v, "min": low[v], "median": med[v],
+               "extra": {"runs": str(len(s))}}
+        if v == "C -O3":
+            row["reference"] = True
+        if v == "nogil":
+            parts = [f"<= {GOAL_VS_C}x C -O3", "no slower than numba"]
+            met, verdicts = [], []
+            if "C -O3" not in med:
+                verdicts.append("vs C -O3: not judged (C -O3 not built)")
+            else:
+                m, words = _results.judge(med[v] / med["C -O3"], GOAL_VS_C,
+                                          lambda r: f"{r:.2f}x",
+                                          value_min=low[v] / low["C -O3"])
+                met.append(m)
+                verdicts.append(f"vs C -O3 {med[v] / med['C -O3']:.2f}x: {words}")
+            if "numba" in med:
+                m, words = _results.judge(med[v] / med["numba"], 1.0, lambda r: f"{r:.2f}x",
+                                          value_min=low[v] / low["numba"])
+                met.append(m)
+                verdicts.append(f"vs numba {med[v] / med['numba']:.2f}x: {words}")
+            else:
+                verdicts.append("vs numba: not judged (numba not measured)")
+            row["goal"] = " and ".join(parts)
+            # Missed if either part is missed; met only if both were judged and met.
+            row["met"] = False if False in met else (True if met == [True, True] else None)
+            row["verdict"] = "; ".join(verdicts)
+        rows.append(row)
+    rows += [_results.skipped(table, name, reason) for name, reason in skipped_refs]
+    return rows
+
+
+def _speedup_rows(bench, variants, samples, n_threads, notes, skipped_refs):
+    """Table 2 for one kernel: 1 thread vs n_threads, same total work."""
+    table = f"Speedup, 1 vs {n_threads} threads: {bench.label}"
+    rows = []
+    speedups = {}
+    for v in variants:
+        one, many = statistics.median(samples[(v, 1)]), statistics.median(samples[(v, n_threads)])
+        best = min(samples[(v, 1)]) / min(samples[(v, n_threads)])
+        speed = speedups[v] = one / many
+        verdict = ("no gain (within noise)" if abs(speed - 1.0) < NOISE else
+                   "slower" if speed < 1.0 else "gains")
+        rows.append({"table": table, "tool": v, "min": best, "median": speed, "unit": "x",
+                     "better": "higher", "ratio": None,
+                     "extra": {"1 thread (median)": fmt_time(one),
+                               f"{n_threads} threads (median)": fmt_time(many),
+                               "reading": verdict},
+                     **({"note": notes[v]} if v in notes else {})})
+    rows += [_results.skipped(table, name, reason) for name, reason in skipped_refs]
+    # A machine check, not a kernel one: C and numba hold no GIL here, so
+    # if they cannot gain either, the other CPUs were not free for us.
+    free = [v for v in ("C -O3", "numba") if v in speedups]
+    if n_threads > 1 and free and max(speedups[v] for v in free) < 1 + NOISE:
+        rows.append(_results.text(
+            f"Even {' and '.join(free)}, which hold no GIL, gained no more than "
+            f"{max(speedups[v] for v in free):.2f}x: the other CPUs were busy (load average "
+            f"now {_load()}). These speedups measure this machine's load, not the GIL: "
+            f"rerun on an idle machine.", table))
+    return rows
+
+
+def run(quick=False, tiny=False):
+    """Both kernel tables as rows (see benchmarks/_results.py)."""
+    quick = quick or tiny
+    sizes = TINY if tiny else QUICK if quick else FULL
+    repeats_compiled, repeats_python = (2, 1) if tiny else (3, 1) if quick else (11, 3)
     n_threads = os.cpu_count() or 1
 
     c_lib, c_note = build_c(C_FLAGS)
     c_native, c_native_note = build_c(C_NATIVE_FLAGS)
     c_libs = {name: lib for name, lib in (("C -O3", c_lib), ("C native", c_native)) if lib}
-    nb, nb_note = build_numba()
+    if tiny:
+        import importlib.util
+        nb = None
+        try:
+            found = importlib.util.find_spec("numba") is not None
+        except ImportError:
+            found = False
+        nb_note = f"skipped: {TINY_NUMBA}" if found else "skipped: numba not installed"
+    else:
+        nb, nb_note = build_numba()
+    skipped_refs = [(name, note.split(":", 1)[1].strip().splitlines()[0])
+                    for name, lib, note in (("C -O3", c_lib, c_note),
+                                            ("C native", c_native, c_native_note),
+                                            ("numba", nb, nb_note)) if lib is None]
     impls = implementations(c_libs, nb)
     benches = make_benches(sizes)
 
-    print(f"concmagic kernels benchmark{' (--quick: not a measurement)' if args.quick else ''}")
-    print(f"Python {platform.python_version()} on {platform.machine()}, {n_threads} logical CPUs")
-    print(f"C -O3: {c_note}; C native: {c_native_note}; numba: {nb_note}")
-    print("concmagic gil/nogil: built by setup.py with -O3 -ffp-contract=off (baseline x86-64)")
-    print(f"Load average at start: {_load()} (other programs running slow down and spread "
-          f"the numbers)")
+    rows = [_results.text(
+        f"Each kernel's three paths beside the same algorithm in plain C ({c_note}; "
+        f"'C native' adds -march=native, as numba compiles for the host CPU) and in "
+        f"numba ({nb_note}). concmagic's gil/nogil paths are built by setup.py with -O3 "
+        f"-ffp-contract=off for baseline x86-64. The C reference divides in 64 bits; "
+        f"concmagic's compiled count_primes (and LLVM, so numba) switch to 32-bit division "
+        f"below 2**32, so there 'C -O3' is expected to be the slower. "
+        f"{repeats_compiled} runs per compiled variant, {repeats_python} for the python "
+        f"path, alternating. Load average at start: {_load()}.")]
 
     # Every variant must compute the same thing, or the timings compare nothing.
     for bench in benches:
         results = {v: bench.result(f) for v, f in impls[bench.name].items()}
         if len(set(map(repr, results.values()))) != 1:
-            raise SystemExit(f"{bench.label}: variants disagree: {results}")
-    print("Results: identical across all variants (checked before timing).")
+            raise RuntimeError(f"{bench.label}: variants disagree: {results}")
+    rows.append(_results.text("Results: identical across all variants (checked before "
+                              "timing)."))
 
-    if not args.quick:
+    if not quick:
         t0 = time.perf_counter()
         rounds = warm_up(benches, impls, WARMUP_SECONDS)
-        print(f"Warm-up: {time.perf_counter() - t0:.1f} s ({rounds} rounds of every variant), "
-              f"not reported.")
-    print(f"Runs: {repeats_compiled} per compiled variant, {repeats_python} for the python "
-          f"path, alternating. Differences under {NOISE:.0%} are noise.")
+        rows.append(_results.text(f"Warm-up: {time.perf_counter() - t0:.1f} s ({rounds} "
+                                  f"rounds of every variant), not reported."))
 
-    # 1. Single thread, side by side with C ----------------------------------
-    print()
-    print("1. Single thread")
+    # 1. Single thread, side by side with C
     for bench in benches:
         variants = impls[bench.name]
         jobs = {v: (lambda c=bench.calls(f, 1)[0]: time_once(c)) for v, f in variants.items()}
         reps = {v: repeats_python if v == "python" else repeats_compiled for v in variants}
         samples = alternate(jobs, reps)
-        ref = statistics.median(samples["C -O3"]) if "C -O3" in samples else None
-        print()
-        print(f"{bench.label}")
-        print(f"  {'variant':<8} {'min':>10} {'median':>10} {'runs':>5}   vs C -O3 (median)")
-        for v, s in samples.items():
-            med = statistics.median(s)
-            ratio = "1.00x (reference)" if v == "C -O3" else fmt_ratio(med / ref) if ref else "n/a"
-            print(f"  {v:<8} {fmt_time(min(s)):>10} {fmt_time(med):>10} {len(s):>5}   {ratio}")
-        if nb is None:
-            print(f"  numba    {nb_note}")
-        if c_lib is None:
-            print(f"  C -O3    {c_note}")
+        rows += _single_thread_rows(bench, variants, samples, skipped_refs)
 
-    # 2. Threads ---------------------------------------------------------------
-    print()
-    print(f"2. Speedup: 1 thread vs {n_threads} threads, same total work, equal shares")
-    if n_threads == 1:
-        print("   Only 1 CPU: nothing can run in parallel here; speedup is capped at 1x.")
-    else:
-        print(f"   This machine has {n_threads} logical CPUs: no speedup can exceed "
-              f"{n_threads}x, however well the code releases the GIL.")
+    # 2. Threads: 1 vs n_threads
     for bench in benches:
         variants = impls[bench.name]
-        print()
-        print(f"{bench.label}")
         # The python path does the same work in 1 and N threads, but less of
         # it than the others, so that the table finishes: the speedup is a
         # ratio within one variant, so its size does not matter.
         py_scale = 1.0
-        if "python" in variants and not args.quick:
+        if "python" in variants and not quick:
             py_one = time_once(bench.calls(variants["python"], 1, 1.0)[0])
             py_scale = min(1.0, 1.5 / py_one)
         jobs, reps, notes = {}, {}, {}
@@ -535,33 +608,34 @@ def main(argv=None):
                 jobs[(v, k)] = lambda f=f, k=k, s=scale: run_in_threads(bench.calls(f, k, s))
                 reps[(v, k)] = repeats_python if v == "python" else repeats_compiled
             if scale != 1.0:
-                notes[v] = f"(on {bench.describe_share(scale)}, {scale:.2g} of the input)"
+                notes[v] = f"on {bench.describe_share(scale)}, {scale:.2g} of the input"
         samples = alternate(jobs, reps)
-        print(f"  {'variant':<8} {'1 thread':>10} {f'{n_threads} threads':>10}   "
-              f"speedup (median)   [min 1 / min {n_threads}]")
-        speedups = {}
-        for v in variants:
-            one, many = statistics.median(samples[(v, 1)]), statistics.median(samples[(v, n_threads)])
-            best = min(samples[(v, 1)]) / min(samples[(v, n_threads)])
-            speed = speedups[v] = one / many
-            verdict = ("no gain (within noise)" if abs(speed - 1.0) < NOISE else
-                       "slower" if speed < 1.0 else "gains")
-            print(f"  {v:<8} {fmt_time(one):>10} {fmt_time(many):>10}   "
-                  f"{speed:4.2f}x {verdict:<22} [{best:.2f}x] {notes.get(v, '')}")
-        # A machine check, not a kernel one: C and numba hold no GIL here, so
-        # if they cannot gain either, the other CPUs were not free for us.
-        free = [v for v in ("C -O3", "numba") if v in speedups]
-        if n_threads > 1 and free and max(speedups[v] for v in free) < 1 + NOISE:
-            print(f"  ! Even {' and '.join(free)}, which hold no GIL, gained no more than "
-                  f"{max(speedups[v] for v in free):.2f}x: the other CPUs were busy "
-                  f"(load average now {_load()}).\n"
-                  f"    These speedups measure this machine's load, not the GIL: rerun it "
-                  f"on an idle machine.")
+        rows += _speedup_rows(bench, variants, samples, n_threads, notes, skipped_refs)
+    rows.append(_results.text(
+        f"Speedup tables: each variant run by 1 thread, then by {n_threads} threads "
+        f"(os.cpu_count()) each doing an equal share of the same total work; the median "
+        f"column is 1-thread median / {n_threads}-thread median, the min column the same "
+        f"of the mins. gil and nogil run the same machine code, so alone they are equally "
+        f"fast; only nogil (and C via ctypes, and numba with nogil=True) let threads run "
+        f"at once. The python path holds the GIL between bytecodes, so its threads take "
+        f"turns.", f"Speedup, 1 vs {n_threads} threads: {benches[0].label}", before=True))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small inputs, few runs, no warm-up (a smoke test, not a measurement)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smaller still, and no numba (the smoke test's pass)")
+    args = parser.parse_args(argv)
+    n_threads = os.cpu_count() or 1
+    print(f"concmagic kernels benchmark"
+          f"{' (--quick: not a measurement)' if args.quick or args.tiny else ''}")
+    print(f"Python {platform.python_version()} on {platform.machine()}, {n_threads} logical CPUs")
     print()
-    print("Reading the tables: gil and nogil run the same machine code, so alone they "
-          "are equally fast;\nonly nogil (and C via ctypes, and numba with nogil=True) "
-          "let threads run at once. The python path\nholds the GIL between bytecodes, "
-          "so its threads take turns.")
+    _results.print_rows(run(args.quick, args.tiny))
+    return 0
 
 
 if __name__ == "__main__":

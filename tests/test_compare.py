@@ -52,7 +52,7 @@ def figures(**changes):
     for key, value in changes.items():
         model, _, figure = key.partition("_")
         if figure in ("speedup", "cpu_parallelism", "gil_wait", "wall") \
-                and model in ("serial", "threads", "processes"):
+                and model in ("serial", "threads", "processes", "asyncio"):
             f[figure][model] = value
         else:
             f[key] = value
@@ -102,6 +102,10 @@ def test_waiting_while_holding_the_gil():
     assert verdict.kind == "gil-bound"
     assert "took turns" not in verdict.text              # they waited, not computed
     assert "the work waits while holding the GIL: release it around the wait" in verdict.text
+    # Waiting is not bound by the cores: no cores sentence, even with more workers.
+    more = classify(figures(cpu_fraction=0.01, threads_cpu_parallelism=0.01, n_workers=4,
+                            threads_gil_wait=0.99, processes_speedup=3.9))
+    assert more.kind == "gil-bound" and "usable core" not in more.text
 
 
 def test_io_bound():
@@ -113,6 +117,60 @@ def test_io_bound():
                             "work waited 98% of the time rather than computed; processes 1.10x")
     # Waiting work is not bound by the cores: no cores sentence.
     assert "usable core" not in verdict.text
+
+
+def with_asyncio(**changes):
+    """figures() with an asyncio run too (4 models)."""
+    base = {"models": ("serial", "threads", "processes", "asyncio"), "asyncio_speedup": 1.0,
+            "asyncio_cpu_parallelism": 1.0, "asyncio_gil_wait": 0.9, "asyncio_wall": 0.2}
+    return figures(**{**base, **changes})
+
+
+IO = dict(cpu_fraction=0.02, threads_speedup=3.9, threads_gil_wait=0.03,
+          threads_cpu_parallelism=0.05, processes_speedup=3.5, processes_cpu_parallelism=0.05,
+          n_workers=4)
+
+
+def test_io_bound_compares_threads_and_asyncio():
+    verdict = classify(with_asyncio(asyncio_speedup=3.95, asyncio_gil_wait=0.01, **IO))
+    assert verdict.kind == "io-bound"
+    assert verdict.text == (
+        "I/O-bound: threads 3.90x, the GIL was mostly free (3.0%); the work waited 98% of the "
+        "time rather than computed; processes 3.50x; asyncio 3.95x waited as well on one "
+        "thread, with no thread per wait: the lighter way when the waits can be awaited")
+
+
+def test_io_bound_with_a_blocked_event_loop():
+    # time.sleep in an asyncio task: the tasks wait one after another.
+    verdict = classify(with_asyncio(asyncio_speedup=1.0, **IO))
+    assert verdict.kind == "io-bound"
+    assert verdict.text.endswith(
+        "; asyncio 1.00x: its tasks waited one after another, so the waits block its one "
+        "thread (time.sleep, blocking I/O): await asyncio.sleep or an async client instead, "
+        "or use threads")
+    # Gaining, but clearly less than threads (beyond the noise): part of it blocks.
+    partly = classify(with_asyncio(asyncio_speedup=2.0, **IO))
+    assert "asyncio 2.00x, less than threads: some of its waits block" in partly.text
+
+
+def test_io_bound_in_asyncio_alone():
+    verdict = classify(figures(models=("serial", "asyncio"), cpu_fraction=0.01, n_workers=4,
+                               asyncio_speedup=3.9, asyncio_cpu_parallelism=0.01))
+    assert verdict.kind == "io-bound"
+    assert verdict.text.startswith("I/O-bound: asyncio 3.90x; the work waited 99%")
+
+
+def test_cpu_bound_says_asyncio_runs_it_serially():
+    verdict = classify(with_asyncio())
+    assert verdict.kind == "gil-bound"
+    assert verdict.text.endswith(
+        ". asyncio ran it serially (1.00x): its tasks share one thread and take turns, and "
+        "work that computes never awaits")
+    # Named once, in its own sentence, not also in the list of speedups.
+    assert verdict.text.count("asyncio") == 1
+    parallel = classify(with_asyncio(threads_speedup=1.95, threads_cpu_parallelism=1.96,
+                                     threads_gil_wait=0.01))
+    assert parallel.kind == "parallel" and "asyncio ran it serially (1.00x)" in parallel.text
 
 
 def test_waiting_edge_counts_queued_time_as_wanting_a_cpu():
@@ -571,6 +629,31 @@ def test_magic_models_quiet_and_line_form(ip):
     with capture_output() as out:
         ip.run_line_magic("compare", "-n 3 -q -o d --models serial worker_id")
     assert ip.user_ns["d"].reports["serial"].results == [0, 1, 2]
+
+
+@pytest.mark.timeout(90)
+def test_magic_compares_an_awaiting_cell_across_the_four_models(ip):
+    # With asyncio among the models, a cell that awaits is a coroutine; the
+    # other models run it in an event loop per worker. Four 0.2 s sleeps:
+    # about 0.8 s serially, about 0.2 s where they overlap.
+    cell = "import asyncio\nawait asyncio.sleep(0.2)\nworker_id * 10"
+    run_magic(ip, "-n 4 -q -o c --models serial,threads,processes,asyncio", cell)
+    c = ip.user_ns["c"]
+    assert list(c.reports) == ["serial", "threads", "processes", "asyncio"]
+    assert all(r.results == [0, 10, 20, 30] for r in c.reports.values())
+    assert c.reports["serial"].wall >= 0.75
+    assert c.reports["asyncio"].wall < 0.6 and c.reports["threads"].wall < 0.6
+    assert c.kind == "io-bound", c.verdict
+    assert "asyncio" in c.verdict and "threads" in c.verdict
+
+
+@pytest.mark.timeout(60)
+def test_magic_awaiting_cell_needs_asyncio_among_the_models(ip):
+    with pytest.raises(UsageError, match="top-level `await` needs an async cell"):
+        run_magic(ip, "-n 2 --models serial,threads", "import asyncio\nawait asyncio.sleep(0)")
+    with pytest.raises(UsageError, match="cannot use comm"):
+        run_magic(ip, "-n 2 --models threads,asyncio",
+                  "import asyncio\nawait asyncio.sleep(0)\ncomm.barrier()")
 
 
 @pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ from ._version import __version__
 __all__ = [
     "__version__", "run", "shutdown", "status", "kernels",
     "compare", "Comparison", "gilcheck", "GilCheck",
-    "Report", "WorkerRun", "WorkerError", "ShipError", "CommError", "CommTimeout",
+    "Report", "WorkerRun", "WorkerError", "ShipError", "ShareError", "CommError", "CommTimeout",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 
@@ -22,6 +22,7 @@ _LAZY = {
     "gilcheck": ("gil", "gilcheck"), "GilCheck": ("gil", "GilCheck"),
     "Report": ("report", "Report"), "WorkerRun": ("report", "WorkerRun"),
     "WorkerError": ("errors", "WorkerError"), "ShipError": ("errors", "ShipError"),
+    "ShareError": ("errors", "ShareError"),
     "CommError": ("errors", "CommError"), "CommTimeout": ("errors", "CommTimeout"),
 }
 

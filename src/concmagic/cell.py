@@ -61,9 +61,11 @@ class CellError(ValueError):
     ``lineno`` is the cell line at fault, or None when no single line is.
     """
 
-    def __init__(self, message, lineno=None):
+    def __init__(self, message, lineno=None, needs_async=False):
         super().__init__(message)
         self.lineno = lineno
+        #: True when the cell would be fine as a coroutine (it awaits).
+        self.needs_async = needs_async
 
 
 class _Missing:
@@ -289,7 +291,8 @@ def _check_scope(body, is_async):
         line = getattr(node, "lineno", None)
         problem = _problem(node, is_async)
         if problem:
-            raise CellError(f"cell line {line}: {problem}", lineno=line)
+            raise CellError(f"cell line {line}: {problem}", lineno=line,
+                            needs_async=not is_async and _problem(node, True) is None)
 
         if isinstance(node, ast.Global):
             global_names.update(node.names)

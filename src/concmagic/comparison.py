@@ -33,13 +33,14 @@ import statistics
 from dataclasses import dataclass, field
 
 from .errors import WorkerError
+from .comm import format_bytes
 from .report import _format_ratio, format_time
 
 __all__ = [
     "compare", "compare_functions", "Comparison", "Verdict", "classify", "usable_cores",
     "DEFAULT_MODELS", "KINDS",
-    "TOO_SHORT", "GIL_BUSY", "GIL_FREE", "GAIN", "WAITING", "IMBALANCE", "WARMUP_NOTE",
-    "CONTENDED",
+    "TOO_SHORT", "GIL_BUSY", "GIL_FREE", "NOISE", "GAIN", "WAITING", "IMBALANCE", "WARMUP_NOTE",
+    "CONTENDED", "SHIPPING", "SHIPPING_MIN",
 ]
 
 #: The models compared when none are named, in run order: serial first, the
@@ -68,6 +69,9 @@ GIL_BUSY = 0.5
 #: releases it, or threads that mostly wait). Between GIL_FREE and GIL_BUSY,
 #: part of the work holds it.
 GIL_FREE = 0.2
+#: Relative difference under which two speedups count as the same (the
+#: ~10% run-to-run noise of wall times on a shared machine).
+NOISE = 0.1
 #: A speedup at or above this counts as a gain. Wall times of the same run on
 #: a shared machine vary by about 10%; 1.2x is beyond that noise.
 GAIN = 1.2
@@ -87,6 +91,17 @@ WARMUP_NOTE = 0.05
 #: work: every wall time then includes someone else's, and the verdict says
 #: its speedups are uncertain. On an idle machine it reads under 1%.
 CONTENDED = 0.1
+#: Share of a processes run's wall time spent shipping (pickling, sending
+#: and unpickling the cell, what it captures and its results; see
+#: concmagic.shipping) at or above which the verdict names it and the way
+#: around it. With the work spread over every core, a quarter of the time
+#: spent copying costs a quarter of the possible speedup, well beyond the
+#: ~10% run-to-run noise that GAIN allows for.
+SHIPPING = 0.25
+#: ...and only when shipping took this many seconds or more: handing a small
+#: cell to a warm pool takes about 1 ms, mostly pickling and unpickling it,
+#: which is start-up (TOO_SHORT's business), not data to keep from copying.
+SHIPPING_MIN = 0.01
 
 
 def usable_cores():
@@ -117,6 +132,27 @@ def _percent(x):
     """0.97 -> "97%", 0.031 -> "3.1%"."""
     x *= 100
     return f"{x:.0f}%" if x >= 10 or x == 0 else f"{x:.1f}%"
+
+
+def _shipping_clause(figures):
+    """". processes lost 40% of the time shipping 800 MB; try --share A" for
+    each model whose shipping took SHIPPING of its wall time (and
+    SHIPPING_MIN seconds) or more; "" for none."""
+    text = ""
+    for model, s in (figures.get("shipping") or {}).items():
+        if not s or not _finite(s.get("fraction")) or s["fraction"] < SHIPPING \
+                or not s.get("seconds", 0) >= SHIPPING_MIN:
+            continue
+        text += (f". {model} lost {_percent(s['fraction'])} of the time shipping "
+                 f"{format_bytes(s['bytes'])}")
+        if s.get("shareable"):
+            text += f"; try --share {','.join(s['shareable'])}"
+        elif s.get("received", 0) > s.get("sent", 0):
+            text += "; return less, or write the results into an array shared with --share"
+        else:
+            text += ("; make the data inside the cell, share NumPy arrays with --share, "
+                     "or use threads")
+    return text
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +187,9 @@ def classify(figures) -> Verdict:
 
     A model "gains" with a speedup of GAIN or more and, for work that
     computes, a CPU parallelism of GAIN or more. Figures that are missing
-    (None) are not used.
+    (None) are not used. Whatever the kind (one-worker aside), a model that
+    spent SHIPPING of its wall time or more shipping data (and SHIPPING_MIN
+    seconds) is named, with the way around it (`_shipping_clause`).
     """
     f = figures
     n = f["n_workers"]
@@ -182,21 +220,46 @@ def classify(figures) -> Verdict:
         p = parallelism.get(model)
         return waits or not _finite(demand) or not _finite(p) or p >= GAIN
 
+    # asyncio runs work that computes serially; cap() says so in a sentence
+    # of its own, so the lists of speedups leave it out.
+    async_serial = "asyncio" in models and not waits and _finite(demand)
+
+    def listed(m):
+        return m != "serial" and not (m == "asyncio" and async_serial)
+
     def others(*skip):
         """"; processes 1.90x" for the models not yet named (serial left out)."""
-        rest = [m for m in models if m != "serial" and m not in skip]
+        rest = [m for m in models if listed(m) and m not in skip]
         return "".join(f"; {m} {x(m)}" for m in rest)
+
+    def asyncio_waits():
+        """For work that waits: asyncio next to threads."""
+        if gains("asyncio"):
+            a, t = speedup["asyncio"], speedup.get("threads")
+            if _finite(t) and a >= t / (1 + NOISE):
+                return (f"; asyncio {x('asyncio')} waited as well on one thread, with no "
+                        "thread per wait: the lighter way when the waits can be awaited")
+            return (f"; asyncio {x('asyncio')}, less than threads: some of its waits block "
+                    "the event loop's one thread")
+        return (f"; asyncio {x('asyncio')}: its tasks waited one after another, so the waits "
+                "block its one thread (time.sleep, blocking I/O): await asyncio.sleep or an "
+                "async client instead, or use threads")
 
     def cap(text, kind):
         # Speedup verdicts: with fewer usable cores than workers, the cores
         # bound every model's speedup (waiting work is not bound by them).
-        if kind in ("gil-bound", "load-imbalance", "parallel", "mixed") and cores < n:
+        if kind in ("gil-bound", "load-imbalance", "parallel", "mixed") and cores < n \
+                and not waits:
             text += (f". This machine has {cores} usable core{'s' if cores != 1 else ''}, "
                      f"so no model can beat {cores}x here")
         if kind != "too-short" and _finite(queue) and queue >= CONTENDED:
             text += (f". The machine was busy with other work (the serial run waited "
                      f"{_percent(queue)} of its time for a CPU), so these speedups are "
                      f"uncertain")
+        if async_serial and kind in ("gil-bound", "load-imbalance", "parallel", "mixed"):
+            text += (f". asyncio ran it serially ({x('asyncio')}): its tasks share one thread "
+                     "and take turns, and work that computes never awaits")
+        text += _shipping_clause(f)
         return Verdict(kind, text)
 
     if n <= 1:
@@ -237,10 +300,17 @@ def classify(figures) -> Verdict:
             elif not gil_enabled:
                 text += " (no GIL)"
             text += (f"; the work waited {_percent(1 - demand)} of the time rather than "
-                     f"computed{others('threads')}")
-            if gains("processes"):
+                     f"computed{others('threads', 'asyncio')}")
+            if "asyncio" in models:
+                text += asyncio_waits()
+            elif gains("processes"):
                 text += "; threads (or asyncio) are the cheaper way to wait side by side"
             return cap(text, "io-bound")
+        if "threads" not in models and gains("asyncio"):
+            return cap((
+                f"I/O-bound: asyncio {x('asyncio')}; the work waited {_percent(1 - demand)} "
+                f"of the time rather than computed{others('asyncio')}; its tasks waited side "
+                "by side on one thread"), "io-bound")
         if "threads" not in models and gains("processes"):
             return cap((
                 f"I/O-bound: processes {x('processes')}; the work waited "
@@ -253,7 +323,7 @@ def classify(figures) -> Verdict:
         if bound < IMBALANCE * min(n, cores):
             text = (f"load imbalance: worker {busiest} did {_percent(share)} of the CPU work, "
                     f"so no model can beat {bound:.2f}x"
-                    + "".join(f"; {m} {x(m)}" for m in models if m != "serial")
+                    + "".join(f"; {m} {x(m)}" for m in models if listed(m))
                     + "; split the work more evenly")
             return cap(text, "load-imbalance")
 
@@ -265,14 +335,14 @@ def classify(figures) -> Verdict:
             parallel.append(f"threads {x('threads')} with the GIL free "
                             f"({_percent(thread_gil)}: nogil code)")
     if parallel or (gains("processes") and "threads" not in models):
-        rest = [m for m in models if m not in ("serial", "threads")]
+        rest = [m for m in models if listed(m) and m != "threads"]
         text = "parallel: " + "; ".join(parallel + [f"{m} {x(m)}" for m in rest])
         return cap(text, "parallel")
 
     # Nothing clear: say what was seen.
     seen = []
     for m in models:
-        if m == "serial":
+        if not listed(m):
             continue
         part = f"{m} {x(m)}"
         if m == "threads" and _finite(thread_gil):
@@ -382,6 +452,8 @@ class Comparison:
             "queue_fraction": queue_fraction,
             "busiest_worker": busiest,
             "busiest_share": share,
+            "shipping": {m: _shipping_figures(r.shipping) for m, r in reports.items()
+                         if getattr(r, "shipping", None) is not None},
         }
 
     def classify(self) -> Verdict:
@@ -509,6 +581,13 @@ class Comparison:
                 "reports": {m: r.to_dict() for m, r in self.reports.items()}}
 
 
+def _shipping_figures(shipping):
+    """What the verdict reads of a report's Shipping."""
+    return {"fraction": _none_if_nan(shipping.fraction), "seconds": shipping.seconds,
+            "bytes": shipping.bytes, "sent": shipping.sent, "received": shipping.received,
+            "shareable": shipping.shareable, "shared": list(shipping.shared)}
+
+
 def _none_if_nan(x):
     return x if _finite(x) else None
 
@@ -527,6 +606,7 @@ class _Warmup:
 
     def __init__(self, func):
         self.func = func
+        self.__wrapped__ = func         # share= names are looked up in func's globals
 
     def __call__(self, worker_id, n_workers):
         return None
@@ -552,8 +632,8 @@ def compare(func, n=4, *, models=DEFAULT_MODELS, timeout=None, **kw) -> Comparis
     and return a `Comparison` (reports, speedups, a verdict).
 
     ``timeout`` applies to each model's run. Other keywords go to
-    `concmagic.run`: ``measure`` to every run, ``start_method`` to the
-    processes run only. If a worker fails, raises `WorkerError` for that
+    `concmagic.run`: ``measure`` to every run, ``start_method`` and
+    ``share`` to the processes run only. If a worker fails, raises `WorkerError` for that
     model's report, after running no further models; the partial comparison
     is on the error as ``.comparison``.
     """
@@ -562,12 +642,14 @@ def compare(func, n=4, *, models=DEFAULT_MODELS, timeout=None, **kw) -> Comparis
 
 
 def compare_functions(funcs, n=4, *, timeout=None, start_method=None, measure=True,
-                      warmup=True) -> Comparison:
+                      warmup=True, share=None) -> Comparison:
     """`compare` with a function per model (``{model: func}``, run in that
     order): ``%%compare`` ships processes a variant of the cell function.
-    ``warmup`` starts the thread and process pools before their measured runs."""
+    ``warmup`` starts the thread and process pools before their measured runs.
+    ``share`` goes to the processes runs (warm-up included, so the arrays are
+    placed in shared memory once, before the measured run)."""
     from .engine import run
-    from .measure import gil_enabled
+    from .freethreading import gil_enabled
 
     _check_models(tuple(funcs))
     reports, warmups, queued = {}, {}, {}
@@ -576,6 +658,8 @@ def compare_functions(funcs, n=4, *, timeout=None, start_method=None, measure=Tr
         options = {}
         if model == "processes" and start_method is not None:
             options["start_method"] = start_method
+        if model == "processes" and share is not None:
+            options["share"] = share
         if warmup and model != "serial":
             import time
             t = time.perf_counter()

@@ -15,8 +15,8 @@ DEFAULT_COMM_TIMEOUT = 10.0
 
 __all__ = ["MODELS", "run", "shutdown", "status"]
 
-#: Models ``run`` accepts. (dask arrives with its own runner.)
-MODELS = ("serial", "threads", "processes", "asyncio")
+#: Models ``run`` accepts ("dask" needs the optional `distributed` package).
+MODELS = ("serial", "threads", "processes", "asyncio", "dask")
 
 # The longest wait the runners can ask of the OS: poll(), under
 # multiprocessing.connection.wait, takes an int of milliseconds, and a longer
@@ -42,7 +42,8 @@ def _check_timeout(timeout, name="timeout"):
 
 
 def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=True,
-        progress=None, raise_errors=True, comm_timeout=DEFAULT_COMM_TIMEOUT):
+        progress=None, raise_errors=True, comm_timeout=DEFAULT_COMM_TIMEOUT, share=None,
+        scheduler=None):
     """Run ``func(worker_id=i, n_workers=n)`` for i in 0..n-1 under ``model``.
 
     Returns a Report. If a worker fails, raises WorkerError (with ``.report``)
@@ -70,6 +71,26 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     at most ``comm_timeout`` seconds (None: no limit), then raises
     CommTimeout in that worker; ``report.comm`` counts the messages, bytes
     and time.
+
+    ``share`` (processes only) puts NumPy arrays in shared memory instead of
+    pickling them: names (``["A", "B"]`` or ``"A,B"``) are looked up in
+    ``func``'s globals and rebound there to views of the shared memory,
+    which the workers attach under the same names, same shape and dtype,
+    without a copy; their writes are in the notebook's arrays after the run
+    (real shared memory, races included). A mapping ``{"A": array}`` rebinds
+    nothing: the workers see the global ``A``, the views are
+    ``report.shared``. An array that already is such a view (the same
+    object) is reused with no copy; anything else is copied in. Bad names
+    raise ShareError before anything starts. ``report.shipping`` counts what
+    was pickled and sent, and what was shared instead.
+
+    With ``model="dask"`` the workers are n tasks on n workers of a Dask
+    cluster (concmagic.runners.dask): the one at ``scheduler`` (an address,
+    ``tcp://host:port``), or with None a LocalCluster on 127.0.0.1 that
+    concmagic starts once and reuses. ``func`` is shipped as for processes;
+    ``comm`` is not available there, nor the sampler and GIL probe.
+    Without `distributed`, DaskUnavailable (an ImportError) says
+    ``pip install 'concmagic[dask]'``.
     """
     if not callable(func):
         raise TypeError(f"func must be callable; got {type(func).__name__}")
@@ -80,8 +101,17 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}")
     if start_method is not None and model != "processes":
         raise ValueError(f"start_method applies to model='processes' only; got model={model!r}")
+    if share is not None and model != "processes":
+        raise ValueError(f"share applies to model='processes' only (threads, asyncio and serial "
+                         f"run in this process and see its arrays already); got model={model!r}")
+    if scheduler is not None and model != "dask":
+        raise ValueError(f"scheduler applies to model='dask' only; got model={model!r}")
+    # A cell that imports an extension not marked free-threading safe turns
+    # the GIL back on (free-threaded CPython only); the report says so.
+    from .freethreading import GilWatch
+    watch = GilWatch()
     instruments = None
-    if measure:
+    if measure and model != "dask":               # Dask tasks time their own CPU
         from .measure import Measurement
         # Worker processes have GILs of their own: the probe, which watches
         # this process's GIL, would say nothing about them.
@@ -98,42 +128,50 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         from .runners.aio import run_asyncio
         report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress,
                              comm_timeout=comm_timeout)
+    elif model == "dask":
+        from .runners.dask import run_dask
+        report = run_dask(func, n, scheduler=scheduler, timeout=timeout, progress=progress)
     else:
         from .runners.processes import run_processes
         report = run_processes(func, n, timeout=timeout, start_method=start_method,
                                measure=instruments, progress=progress,
-                               comm_timeout=comm_timeout)
+                               comm_timeout=comm_timeout, share=share)
+    report.gil_enabled = watch.enabled
+    note = watch.note()
+    if note:
+        report.notes.append(note)
     if raise_errors and report.errors:
         raise WorkerError(report)
     return report
 
 
 def shutdown():
-    """Stop the warm worker threads, event loop and processes (restarted when needed)."""
-    from .runners import aio, processes, threads
+    """Stop the warm threads, event loop, processes and Dask cluster (restarted when needed)."""
+    from .runners import aio, dask, processes, threads
     threads.shutdown()
     aio.shutdown()
     processes.shutdown()
+    dask.shutdown()
 
 
 def status():
     """What is running: warm threads, the event loop, worker processes, cores, the GIL."""
     import os
     import sys
-    import sysconfig
 
-    from .runners import aio, processes, threads
-    gil = getattr(sys, "_is_gil_enabled", None)
+    from .freethreading import free_threaded_build, gil_enabled
+    from .runners import aio, dask, processes, threads
     return {
         "models": MODELS,
         "threads": threads.gang_status(),
         "asyncio": aio.loop_status(),
         "processes": processes.pool_status(),
         "start_methods": processes.START_METHODS,
+        "dask": dask.cluster_status(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": sys.version.split()[0],
         "implementation": sys.implementation.name,
-        "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-        "gil_enabled": gil() if gil else True,
+        "free_threaded_build": free_threaded_build(),
+        "gil_enabled": gil_enabled(),
     }

@@ -2,6 +2,7 @@
 
     ConcmagicError      base class of them all
     ├── ShipError       a notebook variable cannot be sent to worker processes
+    │   └── ShareError  an array named in share= / --share cannot be shared
     ├── WorkerError     one or more workers failed (raised by concmagic.run)
     ├── WorkerDied      a worker process died (used as that worker's error)
     ├── RunTimeout      a worker did not finish in time (used as that worker's error)
@@ -21,7 +22,7 @@ import traceback as _traceback
 from .report import error_line, format_time
 
 __all__ = [
-    "ConcmagicError", "ShipError", "WorkerError", "RemoteTraceback",
+    "ConcmagicError", "ShipError", "ShareError", "WorkerError", "RemoteTraceback",
     "WorkerDied", "RunTimeout", "CommError", "CommTimeout",
 ]
 
@@ -58,6 +59,24 @@ class ShipError(ConcmagicError):
 
     def __reduce__(self):
         return (type(self), (self.name, self.obj_type, self.reason))
+
+
+class ShareError(ShipError):
+    """Raised before any worker starts (and before any array is copied), when
+    a name given to ``share=`` / ``--share`` cannot be shared with worker
+    processes: not defined, not a NumPy array, an array of Python objects.
+
+    `name` is the name, `reason` why, in words that say what to do.
+    """
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.obj_type = ""
+        self.reason = reason
+        ConcmagicError.__init__(self, f"cannot share `{name}` with worker processes: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.name, self.reason))
 
 
 # ---------------------------------------------------------------------------

@@ -216,7 +216,8 @@ def gilcheck(f, *args, **kwargs) -> GilCheck:
 def check_call(call, label, evidence=EVIDENCE) -> GilCheck:
     """`gilcheck` for a no-argument ``call``, shown as ``label`` (``%gilcheck``
     passes the expression as typed). ``evidence``: seconds of calls to watch."""
-    from .measure import PROBE_INTERVAL, gil_enabled
+    from .freethreading import gil_enabled
+    from .measure import PROBE_INTERVAL
 
     enabled = gil_enabled()
     probe = None

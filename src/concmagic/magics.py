@@ -12,7 +12,9 @@ In each, the cell is a function of ``worker_id`` (0..n-1) and ``n_workers``;
 its value is the list of the workers' last-expression values. A cell that
 mentions ``comm`` also gets its worker's channels to the others
 (``comm.send``, ``comm.recv``, ``comm.barrier``, ``comm.bcast``; see
-concmagic.comm), with ``--comm-timeout`` as the longest wait. Options shared
+concmagic.comm), with ``--comm-timeout`` as the longest wait. ``--share A,B``
+(%%processes, %%compare) puts NumPy arrays in shared memory for the worker
+processes (concmagic.runners.shared). Options shared
 by the magics are declared once (``_run_options``, ``_compare_options``) and
 stacked on each. ``%%compare`` and ``%gilcheck`` display their result object
 (a Comparison, a GilCheck) and return None; ``-o NAME`` stores it.
@@ -34,6 +36,9 @@ from .cell import CellError, make_cell_function, unpack_pulled
 from .live import progress_for
 from .comparison import DEFAULT_MODELS
 from .errors import ShipError, WorkerError
+from .comm import wants_comm
+from .runners.dask import ClusterError, DaskUnavailable
+from .runners.dask import require as require_dask
 from .runners.processes import START_METHODS
 
 __all__ = ["ConcMagic"]
@@ -54,6 +59,12 @@ _COMM_TIMEOUT = magic_arguments.argument(
     "--comm-timeout", type=float, default=None, metavar="SECONDS",
     help="how long comm.recv, comm.barrier and comm.bcast wait before CommTimeout "
          "(default: %%config ConcMagic.comm_timeout)")
+_SHARE = magic_arguments.argument(
+    "--share", metavar="A,B",
+    help="processes: put these NumPy arrays in shared memory instead of pickling them; the "
+         "workers see them without a copy, their writes show in the notebook (real shared "
+         "memory, races included), and the variables become views of that memory, reused "
+         "without a copy by the next run")
 _NO_MEASURE = magic_arguments.argument(
     "--no-measure", action="store_true",
     help="run without the CPU sampler and GIL probe (no GIL figure, no CPU timeline)")
@@ -91,7 +102,7 @@ _compare_options = _stack(
                              help="store the Comparison in the variable NAME"),
     magic_arguments.argument("-q", "--quiet", action="store_true",
                              help="show no comparison"),
-    _TIMEOUT, _NO_MEASURE,
+    _TIMEOUT, _NO_MEASURE, _SHARE,
     magic_arguments.argument(
         "--start-method", choices=START_METHODS, default=None,
         help="how the worker processes start (default: %%config ConcMagic.start_method)"),
@@ -124,10 +135,24 @@ class ConcMagic(Magics):
     @magic_arguments.argument(
         "--start-method", choices=START_METHODS, default=None,
         help="how the worker processes start (default: %%config ConcMagic.start_method)")
+    @magic_arguments.argument(
+        "--backend", choices=("local", "dask"), default="local",
+        help="local: worker processes of this machine; dask: tasks on a Dask cluster "
+             "(needs pip install 'concmagic[dask]')")
+    @magic_arguments.argument(
+        "--scheduler", metavar="ADDRESS", default=None,
+        help="with --backend dask: the scheduler's address (tcp://host:port); "
+             "default: a LocalCluster on 127.0.0.1, started once and reused")
+    @_SHARE
     @_run_options
     @line_cell_magic
     def processes(self, line, cell=None):
-        """Run the cell in N worker processes: isolated memory, every core."""
+        """Run the cell in N worker processes: isolated memory, every core.
+
+        With --backend dask, in N tasks on N workers of a Dask cluster (the
+        one at --scheduler, or concmagic's own LocalCluster): the same cell,
+        results, output and errors, with each worker's host in the report.
+        """
         return self._run("processes", self.processes, line, cell)
 
     @magic_arguments.magic_arguments()
@@ -156,14 +181,17 @@ class ConcMagic(Magics):
         n = self._workers(args.workers)
         timeout = self._seconds(args.timeout, self.timeout, "--timeout")
         models = _parse_models(args.models)
+        share = _parse_pull(args.share, "--share")
+        if share and "processes" not in models:
+            raise UsageError("--share applies to the processes run, and --models has none")
         _check_out(args.out)
-        prepared = self._prepare("compare", cell, code)
+        prepared = self._prepare("compare", cell, code, async_if_needed="asyncio" in models)
         funcs = {m: _for_worker_processes(prepared.func) if m == "processes" else prepared.func
                  for m in models}
         try:
             comparison = compare_functions(
                 funcs, n, timeout=timeout, measure=not args.no_measure,
-                start_method=args.start_method or self.start_method)
+                start_method=args.start_method or self.start_method, share=share or None)
         except ShipError as exc:
             raise _ship_usage_error(exc) from None
         except WorkerError as exc:
@@ -173,6 +201,8 @@ class ConcMagic(Magics):
             if not args.quiet:
                 display(exc.report)
             raise
+        finally:
+            _adopt_shared(self.shell.user_ns, funcs.get("processes"), share)
         note = _global_note(prepared)
         if note and "processes" in comparison.reports:
             comparison.reports["processes"].notes.append(note)
@@ -222,7 +252,7 @@ class ConcMagic(Magics):
         command = line.strip()
         if command == "shutdown":
             engine.shutdown()
-            print("concmagic: worker threads and processes stopped")
+            print("concmagic: worker threads, processes and Dask cluster stopped")
             return None
         if command:
             raise UsageError(f"%concmagic takes no argument or 'shutdown'; got {command!r}")
@@ -232,17 +262,29 @@ class ConcMagic(Magics):
     # -- the one path every running magic takes ------------------------------
     def _run(self, model, magic, line, cell):
         argv, code = _split_line(magic.parser, line)
+        if model != "processes" and any(w.split("=")[0] == "--share" for w in argv):
+            raise UsageError(f"--share applies to %%processes only: %%{model} runs in the "
+                             "notebook's process, where every array is shared already")
         args = magic.parser.parse_args(argv)
         n = self._workers(args.workers)
         timeout = self._seconds(args.timeout, self.timeout, "--timeout")
         comm_timeout = self._seconds(args.comm_timeout, self.comm_timeout, "--comm-timeout")
         pull = _parse_pull(args.pull)
+        share = _parse_pull(getattr(args, "share", None), "--share")
         _check_out(args.out)
+        dask = _dask_options(args) if model == "processes" else None
         prepared = self._prepare(model, cell, code, pull)
         func, options = prepared.func, {}
         if model == "processes":
             func = _for_worker_processes(func)
             options["start_method"] = args.start_method or self.start_method
+            if share:
+                options["share"] = share
+        if dask is not None:
+            if wants_comm(func):
+                raise UsageError("comm is not available with --backend dask: Dask workers "
+                                 "have no channels to each other; use the local backend")
+            model, options = "dask", dask
         if model != "serial":
             # Drawn by the runner's own wait loop; the magic starts no thread.
             options["progress"] = progress_for(self.shell, model, n)
@@ -252,18 +294,27 @@ class ConcMagic(Magics):
                                 **options)
         except ShipError as exc:
             raise _ship_usage_error(exc) from None
+        except (DaskUnavailable, ClusterError) as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            _adopt_shared(self.shell.user_ns, func, share)
         if pull:
             self._pull(report, pull)
         note = _global_note(prepared)
-        if model == "processes" and note:
+        if model in ("processes", "dask") and note:
             report.notes.append(note)
         self._show(report, args)
         if report.errors:
             raise WorkerError(report)
         return report.results
 
-    def _prepare(self, magic, cell, code, pull=()):
-        """The cell (or a line form's expression) as a CellFunction."""
+    def _prepare(self, magic, cell, code, pull=(), async_if_needed=False):
+        """The cell (or a line form's expression) as a CellFunction.
+
+        With ``async_if_needed`` (%%compare with asyncio among its models), a
+        cell that awaits becomes a coroutine function; the other models run
+        it in an event loop per worker (concmagic.runners.settle).
+        """
         if cell is None:
             cell = code
             if not cell.strip():
@@ -276,7 +327,17 @@ class ConcMagic(Magics):
             return make_cell_function(cell, self.shell.user_ns, pull=pull,
                                       is_async=magic == "asyncio")
         except CellError as exc:
+            if not (async_if_needed and exc.needs_async):
+                raise UsageError(str(exc)) from None
+        try:
+            prepared = make_cell_function(cell, self.shell.user_ns, pull=pull, is_async=True)
+        except CellError as exc:
             raise UsageError(str(exc)) from None
+        if wants_comm(prepared.func):
+            raise UsageError(f"a %%{magic} cell that awaits cannot use comm: comm calls are "
+                             "awaited under asyncio only; run it with %%asyncio, or drop the "
+                             "await to compare it across models")
+        return prepared
 
     def _workers(self, n):
         if n is None:
@@ -352,6 +413,26 @@ def _global_note(prepared):
             f"stayed in the worker processes: {', '.join(names)}")
 
 
+def _dask_options(args):
+    """``{"scheduler": address or None}`` for ``--backend dask``, None for the
+    local backend; UsageError for options that do not go with the backend."""
+    if args.backend != "dask":
+        if args.scheduler is not None:
+            raise UsageError(f"--scheduler applies to --backend dask only; got --scheduler "
+                             f"{args.scheduler} with the local backend")
+        return None
+    for option, value in (("--start-method", args.start_method),
+                          ("--share", getattr(args, "share", None))):
+        if value:
+            raise UsageError(f"{option} applies to the local backend (worker processes of "
+                             f"this machine), not to --backend dask")
+    try:
+        require_dask()
+    except DaskUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    return {"scheduler": args.scheduler}
+
+
 def _parse_models(spec):
     """``--models threads,processes`` -> ("threads", "processes"); default: all."""
     if spec is None:
@@ -402,14 +483,29 @@ def _block(stream, worker_id, text):
         f"[{stream}:{worker_id}]\n{text}"
 
 
-def _parse_pull(spec):
+def _parse_pull(spec, option="--pull"):
     if spec is None:
         return ()
     names = tuple(name.strip() for name in spec.split(",") if name.strip())
     bad = [name for name in names if not name.isidentifier() or keyword.iskeyword(name)]
     if bad or not names:
-        raise UsageError(f"--pull takes comma-separated variable names; got {spec!r}")
+        raise UsageError(f"{option} takes comma-separated variable names; got {spec!r}")
     return names
+
+
+def _adopt_shared(namespace, func, names):
+    """Rebind the notebook's variables to their shared views.
+
+    The engine rebinds ``--share`` names in the globals of the function it
+    runs, which for processes is a copy of the notebook's namespace (see
+    `_for_worker_processes`); the notebook must see the views too. Done
+    however the run ended, so a run stopped half-way keeps its writes.
+    """
+    if not names or func is None:
+        return
+    for name in names:
+        if name in func.__globals__ and namespace.get(name) is not func.__globals__[name]:
+            namespace[name] = func.__globals__[name]
 
 
 def _for_worker_processes(func):
@@ -446,4 +542,14 @@ def _format_status(status, magic):
             lines.append(f"worker processes ({method}): {len(pids)}, pids {', '.join(map(str, pids))}")
     else:
         lines.append(f"worker processes: none running (start method {magic.start_method})")
+    for cluster in status.get("dask") or ():
+        kind = "LocalCluster" if cluster["local"] else "cluster"
+        workers = cluster["workers"]
+        if workers is None:
+            lines.append(f"dask {kind}: {cluster['address']}, not reachable")
+            continue
+        where = ", ".join(f"{w['address']}" + (f" (pid {w['pid']})" if w["pid"] else "")
+                          for w in workers)
+        lines.append(f"dask {kind}: {cluster['address']}, {len(workers)} "
+                     f"worker{'' if len(workers) == 1 else 's'}: {where}")
     return "\n".join(lines)

@@ -25,7 +25,8 @@ Both are stopped in ``finally`` by the runners, Ctrl-C included: a native
 thread left running would outlive the run and disturb the next one.
 """
 import math
-import sys
+
+from .freethreading import gil_enabled
 
 __all__ = ["Measurement", "Samples", "gil_enabled", "PROBE_INTERVAL", "SAMPLE_INTERVAL"]
 
@@ -38,10 +39,6 @@ PROBE_INTERVAL = 0.0005
 SAMPLE_CAPACITY = 8192
 
 
-def gil_enabled():
-    """False on a free-threaded CPython running with the GIL disabled."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
 
 
 class Samples:

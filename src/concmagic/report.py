@@ -249,6 +249,11 @@ class Report:
     notes: list[str] = field(default_factory=list)  # plain-language notes for the reader
     samples: Any = None             # measurement series (CPU over time), when recorded
     comm: Any = None                # messages between workers (concmagic.comm.CommStats), if any
+    shipping: Any = None            # what travelled to and from worker processes
+                                    # (concmagic.shipping.Shipping); None in-process
+    gil_enabled: bool = True        # False: free-threaded Python ran this without a GIL
+    shared: dict = field(default_factory=dict)  # name -> the notebook's view of each
+                                                # array shared with the workers (share=)
 
     def __post_init__(self):
         # Validate at construction: a report that contradicts itself would
@@ -318,7 +323,9 @@ class Report:
             f"CPU {format_time(self.cpu)}",
             f"CPU parallelism {_format_ratio(self.cpu_parallelism)}",
         ]
-        if self.gil_wait is not None and not math.isnan(self.gil_wait):
+        if not self.gil_enabled and self.model not in ("processes", "dask"):
+            parts.append("no GIL (free-threaded Python)")
+        elif self.gil_wait is not None and not math.isnan(self.gil_wait):
             parts.append(f"GIL busy {self.gil_wait * 100:.0f}%")
         return f"{self.model}: " + ", ".join(parts)
 
@@ -366,6 +373,8 @@ class Report:
     def __str__(self):
         lines = [self.summary()]
         lines += self._table_lines()
+        if self.shipping is not None:
+            lines += self.shipping.lines()
         failure = self._failure_line()
         if failure:
             lines.append(failure)
@@ -427,6 +436,9 @@ class Report:
             out.append(tr + "".join(cells) + "</tr>")
         out.append("</tbody>")
         out.append("</table>")
+        if self.shipping is not None:
+            out.append('<p class="concmagic-shipping">'
+                       + "<br/>".join(esc(line) for line in self.shipping.lines()) + "</p>")
         failure = self._failure_line()
         notes = ([failure] if failure else []) + self.notes
         if notes:
@@ -495,7 +507,9 @@ class Report:
             "cpu": _nan_to_none(self.cpu),
             "cpu_parallelism": _nan_to_none(self.cpu_parallelism),
             "gil_wait": _nan_to_none(self.gil_wait),
+            "gil_enabled": self.gil_enabled,
             "ok": self.ok,
             "notes": list(self.notes),
+            "shipping": None if self.shipping is None else self.shipping.to_dict(),
             "workers": [w.to_dict() for w in self._ordered()],
         }

@@ -7,6 +7,7 @@ import traceback
 # The cancel flag lives in the compiled core; going through concmagic.kernels
 # would import NumPy into every run's critical path for nothing.
 from .. import _core as kernels
+from . import settle
 
 __all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "wait_slice",
            "collect", "STOP_GRACE"]
@@ -77,7 +78,7 @@ class Stoppable:
             try:
                 if self.begin():
                     try:
-                        result = func(**kwargs)
+                        result = settle(func(**kwargs))
                     except BaseException as exc:  # noqa: B036 - the report keeps it
                         error = exc
                 else:

@@ -5,14 +5,24 @@ worker process loads first; the forkserver preloads it so forks start warm.
 
 Protocol, over one duplex pipe per worker (parent -> child, then back):
 
-    (worker_id, n_workers, comm)   a header, pickled; comm is None, or
-                             {"timeout": seconds} for a function taking comm:
+    (worker_id, n_workers, comm, share)   a header, pickled; comm is None,
+                             or {"timeout": seconds} for a function taking
+                             comm; share is None, or the layouts and names
+                             of the run's shared arrays (runners/shared.py):
     <1 byte + descriptors>   then the worker's sockets to the other workers
                              (SCM_RIGHTS; see concmagic.comm.hand_over)
-    <bytes>                  the function, pickled by cloudpickle (by value)
+    <1 byte + descriptors>   then the shared arrays' memfds (shared.send)
+    <bytes>                  the function, pickled by cloudpickle (by value;
+                             shared arrays in it are references)
                              ...the worker runs it...
-    <bytes>                  a reply dict, pickled by cloudpickle
+    <bytes>                  a reply dict, pickled by cloudpickle, with the
+                             seconds spent unpickling the function ("load")
+                             and pickling the result ("dump")
     None                     shutdown
+
+A worker that maps shared arrays drops and unmaps them before it replies;
+if its cell kept a reference to one, it replies with "retired" and exits,
+so that nothing outlives the run.
 """
 import io
 import math
@@ -25,6 +35,8 @@ import traceback
 from contextlib import redirect_stderr, redirect_stdout
 
 import cloudpickle
+
+from . import settle
 
 _busy = False
 
@@ -50,12 +62,22 @@ def serve(conn):
             header = conn.recv()
             if header is None:
                 return
-            worker_id, n_workers, comm_spec = header
+            worker_id, n_workers, comm_spec, share_spec = header
             comm = _receive_comm(conn, worker_id, n_workers, comm_spec)
+            shared = _receive_shared(conn, share_spec)
             payload = conn.recv_bytes()
         except (EOFError, OSError):               # the parent is gone
             return
-        conn.send_bytes(_execute(payload, worker_id, n_workers, comm))
+        rec = _execute(payload, worker_id, n_workers, comm, shared)
+        del payload                               # may be large: not kept until the next job
+        # _execute's frame, and with it the cell's objects, are gone: unmap.
+        retired = shared is not None and not isinstance(shared, BaseException) \
+            and not shared.release()
+        rec["retired"] = retired
+        del shared
+        conn.send_bytes(cloudpickle.dumps(rec))
+        if retired:
+            return
 
 
 def _receive_comm(conn, worker_id, n_workers, spec):
@@ -72,10 +94,25 @@ def _receive_comm(conn, worker_id, n_workers, spec):
     return ProcessComm(worker_id, n_workers, socks, spec["timeout"])
 
 
-def _execute(payload, worker_id, n_workers, comm=None):
+def _receive_shared(conn, spec):
+    """The run's shared arrays, mapped (None without any); an exception if that failed."""
+    if spec is None:
+        return None
+    from . import shared
+    try:
+        return shared.receive(conn, spec)
+    except (EOFError, ConnectionError):           # the parent is gone: serve() ends
+        raise
+    except (OSError, ValueError) as exc:          # out of descriptors or memory: this worker's error
+        return exc
+
+
+def _execute(payload, worker_id, n_workers, comm=None, shared=None):
+    """Run one job; returns the reply dict (serve() pickles it)."""
     global _busy
     rec = {"worker_id": worker_id, "pid": os.getpid(), "start": math.nan, "end": math.nan,
-           "cpu": math.nan, "received": time.perf_counter()}
+           "cpu": math.nan, "received": time.perf_counter(), "load": math.nan,
+           "dump": math.nan}
     result = error = None
     out, err = io.StringIO(), io.StringIO()
     kwargs = {}
@@ -83,23 +120,30 @@ def _execute(payload, worker_id, n_workers, comm=None):
         error, comm = comm, None
     elif comm is not None:
         kwargs["comm"] = comm
+    if isinstance(shared, BaseException):
+        error, shared = error or shared, None
     func = None
+    restore = None
     try:
         try:
             if error is None:
-                func = pickle.loads(payload)
+                t = time.perf_counter()
+                func = shared.loads(payload) if shared is not None else pickle.loads(payload)
+                rec["load"] = time.perf_counter() - t
         except BaseException as exc:              # noqa: B036 - reported, not lost
             error = RuntimeError(f"the cell function could not be loaded in worker "
                                  f"process {os.getpid()}: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
         if func is not None:
             _register_sources(func)
+            if shared is not None:
+                restore = shared.inject(func)
             with redirect_stdout(out), redirect_stderr(err):
                 c0 = time.process_time()
                 rec["start"] = time.perf_counter()
                 _busy = True
                 try:
-                    result = func(worker_id=worker_id, n_workers=n_workers, **kwargs)
+                    result = settle(func(worker_id=worker_id, n_workers=n_workers, **kwargs))
                 except BaseException as exc:      # noqa: B036
                     error = exc
                 finally:
@@ -109,19 +153,24 @@ def _execute(payload, worker_id, n_workers, comm=None):
     except StopRequest:
         _busy = False                             # landed after the cell returned
     finally:
+        if restore is not None:
+            restore()
         if comm is not None:
             # Peers see this worker's sockets close (and stop waiting on it)
             # once its last messages are written out.
             comm.close()
             rec["comm"] = comm.stats()
     rec["stdout"], rec["stderr"] = out.getvalue(), err.getvalue()
-    return _encode(rec, result, error)
+    return _encode(rec, result, error, cloudpickle.dumps if shared is None else shared.dumps)
 
 
-def _encode(rec, result, error):
+def _encode(rec, result, error, dumps=cloudpickle.dumps):
+    """Fill the reply dict with the result (pickled by ``dumps``) or the error."""
     if error is None:
         try:
-            rec["result"] = cloudpickle.dumps(result)
+            t = time.perf_counter()
+            rec["result"] = dumps(result)
+            rec["dump"] = time.perf_counter() - t
         except Exception as exc:
             error = TypeError(f"the result of worker {rec['worker_id']} cannot be sent back "
                               f"to the notebook: {type(exc).__name__}: {exc}")
@@ -139,10 +188,10 @@ def _encode(rec, result, error):
         rec["error_text"] = str(error)
         rec["stopped"] = isinstance(error, StopRequest)
         try:
-            rec["error"] = cloudpickle.dumps(error)
+            rec["error"] = dumps(error)
         except Exception:
             rec["error"] = None                   # rebuilt from its text by the parent
-    return cloudpickle.dumps(rec)
+    return rec
 
 
 def _register_sources(func):

@@ -19,6 +19,15 @@
              ^                                     ^
              +=====================================+
 
+Shared arrays (``share=``, runners/shared.py): the arrays named go into
+shared memory once and travel as references inside the pickled function;
+their memfds follow the header over each control pipe, and each worker maps
+them for the run, without a copy.
+
+What travels is counted in ``report.shipping`` (concmagic.shipping): bytes
+each way, and the seconds spent pickling, sending and unpickling, here and
+(reported back) in the workers. Pickling happens inside the run's wall time.
+
 Start methods: "forkserver" (the default on Linux) and "spawn". Plain "fork"
 is refused: a notebook kernel runs threads, and forking a threaded process
 can copy a lock that some other thread holds, deadlocking the child.
@@ -34,6 +43,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -48,7 +58,9 @@ from ..comm import CommStats, blame_the_stop, close_mesh, hand_over, socket_mesh
 from ..comm import attach as attach_comm
 from ..errors import RemoteTraceback, RunTimeout, ShipError, WorkerDied
 from ..report import Report, WorkerRun
+from ..shipping import Shipping
 from . import _worker
+from . import shared as _shared
 from ._common import attach, measured, wait_slice
 
 __all__ = ["run_processes", "shutdown", "pool_status", "START_METHODS", "ship"]
@@ -68,9 +80,15 @@ class RemoteError(Exception):
 # ---------------------------------------------------------------------------
 # Shipping: the function, by value
 # ---------------------------------------------------------------------------
-def ship(func):
-    """The pickled function, or ShipError naming the variable that cannot go."""
+def ship(func, shared=None):
+    """The pickled function, or ShipError naming the variable that cannot go.
+
+    ``shared`` maps id(array) -> key for arrays in shared memory: those
+    travel as references to the key, not as data (runners/shared.py).
+    """
     try:
+        if shared:
+            return _shared.dumps(func, shared)
         return cloudpickle.dumps(func)
     except Exception as exc:
         culprit = _find_unshippable(func)
@@ -80,6 +98,32 @@ def ship(func):
         name, obj, reason = culprit
         raise ShipError(name, f"{type(obj).__module__}.{type(obj).__qualname__}",
                         reason) from None
+
+
+def _captured_arrays(func, skip=(), seen=None):
+    """name -> bytes of the NumPy arrays ``func`` pickles by value: its
+    globals and closure, and those of the notebook functions it uses.
+    Ids in ``skip`` (shared arrays) are left out. Cheap: nothing is pickled."""
+    np = sys.modules.get("numpy")                 # no NumPy imported: no arrays
+    seen = set() if seen is None else seen
+    code = getattr(func, "__code__", None)
+    if np is None or code is None or id(func) in seen:
+        return {}
+    seen.add(id(func))
+    g = getattr(func, "__globals__", {})
+    values = [(n, g[n]) for n in sorted(_global_names(code)) if n in g]
+    for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+        try:
+            values.append((name, cell.cell_contents))
+        except ValueError:                        # an empty cell
+            pass
+    found = {}
+    for name, obj in values:
+        if isinstance(obj, np.ndarray) and id(obj) not in skip:
+            found[name] = obj.nbytes
+        elif isinstance(obj, types.FunctionType) and obj.__module__ == func.__module__:
+            found.update(_captured_arrays(obj, skip, seen))
+    return found
 
 
 def _global_names(code):
@@ -235,11 +279,13 @@ def _gang_for(method):
 
 
 def run_processes(func, n, *, timeout=None, start_method=None, measure=None, progress=None,
-                  comm_timeout=DEFAULT_COMM_TIMEOUT):
+                  comm_timeout=DEFAULT_COMM_TIMEOUT, share=None):
     """Run ``func(worker_id=i, n_workers=n)`` in n worker processes; a Report.
 
     A ``func`` taking ``comm`` also gets its end of a socket pair to each
     other worker, made for this run (concmagic.comm.ProcessComm).
+    ``share`` (names or name -> array) puts NumPy arrays in shared memory
+    (see concmagic.runners.shared); their views are ``report.shared``.
     """
     method = DEFAULT_START_METHOD if start_method is None else start_method
     if method not in START_METHODS:
@@ -249,14 +295,19 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None, pro
         # multiprocessing refuses to let start children with a bare assertion).
         raise RuntimeError("runs in processes cannot be nested: this cell already runs in a "
                            "worker process; use model='threads' or 'serial' inside it")
-    payload = ship(func)                          # fails before any worker starts
+    request = _shared.resolve(share, func) if share else None   # ShareError: nothing done yet
     gang = _gang_for(method)
     if not gang.lock.acquire(blocking=False):
         raise RuntimeError("the process pool is busy with another run; "
                            "runs in processes cannot be nested or run at once")
+    started = False
     try:
         with measured(measure) as done:
             t0 = time.perf_counter()
+            books = _Books(n, request)
+            payload = books.ship(func)            # ShipError: before any worker starts
+            books.place()
+            started = True
             gang.resize(n)
             for worker_id, proc in enumerate(gang.procs):
                 if measure is not None:
@@ -264,35 +315,95 @@ def run_processes(func, n, *, timeout=None, start_method=None, measure=None, pro
                 if progress is not None:
                     progress.watch_pid(worker_id, proc.pid)
             spec = {"timeout": comm_timeout} if wants_comm(func) else None
-            report = _run(gang, payload, n, timeout, t0, progress, spec)
+            report = _run(gang, payload, n, timeout, t0, progress, spec, books)
             return attach(report, done(t0))
     except Exception:
         # A run that failed part-way may have left workers busy and replies
         # unread in the pipes, which the next run would take for its own
-        # results; fresh workers are slower but never wrong.
-        gang.kill()
+        # results; fresh workers are slower but never wrong. (One that could
+        # not be shipped never reached them: the warm pool stays.)
+        if started:
+            gang.kill()
         raise
     finally:
         gang.lock.release()
 
 
-def _run(gang, payload, n, timeout, t0, progress=None, comm_spec=None):
+class _Books:
+    """One run's shipping: the Shipping being counted, and its shared arrays."""
+
+    def __init__(self, n, request=None):
+        self.shipping = Shipping(n)
+        self.request = request
+        self.placed = None
+        self.retired = []                         # workers that kept a shared array
+
+    def ship(self, func):
+        """The pickled function, timed; arrays it captures by value are noted."""
+        keys = self.request.ids if self.request is not None else None
+        t = time.perf_counter()
+        payload = ship(func, keys)
+        self.shipping.pickle = time.perf_counter() - t
+        self.shipping.captured = _captured_arrays(func, keys or ())
+        return payload
+
+    def place(self):
+        if self.request is None:
+            return
+        self.placed = placed = _shared.place(self.request)
+        self.shipping.shared = placed.nbytes()
+        self.shipping.reused = placed.reused
+        self.shipping.copied, self.shipping.place = placed.copied, placed.seconds
+
+    @property
+    def share_spec(self):
+        return None if self.placed is None else self.placed.spec
+
+    def loads(self, data):
+        """A worker's pickled result or error; shared arrays come back as our views."""
+        t = time.perf_counter()
+        try:
+            if self.placed is None:
+                return pickle.loads(data)
+            return _shared.loads(data, self.placed.views)
+        finally:
+            self.shipping.unpickle += time.perf_counter() - t
+
+    def reply(self, rec, nbytes, seconds):
+        """Count a worker's reply: its size, and the times it reported."""
+        i = rec["worker_id"]
+        self.shipping.received += nbytes
+        self.shipping.unpickle += seconds
+        self.shipping.worker_load[i] = _nan_to_none(rec.get("load"))
+        self.shipping.worker_dump[i] = _nan_to_none(rec.get("dump"))
+        if rec.get("retired"):
+            self.retired.append(i)
+
+
+def _nan_to_none(x):
+    return None if x is None or x != x else x
+
+
+def _run(gang, payload, n, timeout, t0, progress=None, comm_spec=None, books=None):
+    books = _Books(n) if books is None else books
     procs = list(gang.procs)
-    _send_jobs(procs, payload, n, comm_spec)
+    _send_jobs(procs, payload, n, comm_spec, books)
     runs, notes = {}, []
     stats = None if comm_spec is None else {}   # worker_id -> its comm numbers
     deadline = None if timeout is None else t0 + timeout
     try:
         while len(runs) < n:
             left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-            if not _collect(procs, runs, t0, wait_slice(left, progress), stats=stats):
+            if not _collect(procs, runs, t0, wait_slice(left, progress), stats=stats,
+                            books=books):
                 if deadline is not None and time.perf_counter() >= deadline:
                     notes = _stop(gang, procs, runs, t0, RunTimeout(
-                        f"did not finish within the timeout of {timeout:g} s; stopped"), stats)
+                        f"did not finish within the timeout of {timeout:g} s; stopped"), stats,
+                        books)
                     break
                 progress.tick(t0, runs)           # only a progress slice ran out
     except KeyboardInterrupt:
-        _stop(gang, procs, runs, t0, KeyboardInterrupt(), stats)
+        _stop(gang, procs, runs, t0, KeyboardInterrupt(), stats, books)
         raise
     finally:
         if progress is not None:
@@ -300,13 +411,24 @@ def _run(gang, payload, n, timeout, t0, progress=None, comm_spec=None):
     wall = time.perf_counter() - t0
     report = Report(model="processes", n_workers=n, wall=wall, workers=[runs[i] for i in range(n)])
     report.notes.extend(notes)
+    books.shipping.wall = wall
+    report.shipping = books.shipping
+    if books.placed is not None:
+        report.shared = books.placed.by_name()
+    if books.retired:
+        for i in books.retired:                   # it exits after replying: reap it
+            procs[i].process.join(STOP_GRACE)
+        report.notes.append(
+            f"worker {', '.join(map(str, books.retired))} kept a reference to a shared array "
+            "after its cell ended (stored in a module?), so it was retired: its mapping went "
+            "with it, and a fresh process replaces it on the next run")
     if stats is not None:
         attach_comm(report, CommStats("processes", [stats.get(i) for i in range(n)]))
     return report
 
 
-def _send_jobs(procs, payload, n, comm_spec):
-    """Each worker's header, its comm sockets (if any), then the function.
+def _send_jobs(procs, payload, n, comm_spec, books):
+    """Each worker's header, its comm sockets and shared arrays (if any), then the function.
 
     The sockets are made here for this run only, a pair between each two
     workers; each worker gets its ends over its control pipe, and the parent
@@ -321,17 +443,23 @@ def _send_jobs(procs, payload, n, comm_spec):
                                "in threads or asyncio")
         mesh = socket_mesh(n)
     try:
+        shipping, share_spec = books.shipping, books.share_spec
         for worker_id, proc in enumerate(procs):
-            proc.conn.send((worker_id, n, comm_spec))
+            proc.conn.send((worker_id, n, comm_spec, share_spec))
             if mesh is not None:
                 hand_over(proc.conn, [s for s in mesh[worker_id] if s is not None])
+            if share_spec is not None:
+                _shared.send(proc.conn, books.placed)
+            t = time.perf_counter()
             proc.conn.send_bytes(payload)
+            shipping.send += time.perf_counter() - t
+            shipping.sent += len(payload)
     finally:
         if mesh is not None:
             close_mesh(mesh)
 
 
-def _collect(procs, runs, t0, timeout, reason=None, stats=None):
+def _collect(procs, runs, t0, timeout, reason=None, stats=None, books=None):
     """Wait for replies or deaths; record them. False if nothing came in time."""
     pending = {i: p for i, p in enumerate(procs) if i not in runs}
     by_conn = {p.conn: i for i, p in pending.items()}
@@ -346,7 +474,7 @@ def _collect(procs, runs, t0, timeout, reason=None, stats=None):
         proc = pending[i]
         try:
             if proc.conn.poll():
-                runs[i] = _decode(proc.conn.recv_bytes(), t0, reason, stats)
+                runs[i] = _decode(proc.conn.recv_bytes(), t0, reason, stats, books)
                 continue
         except (EOFError, OSError):
             pass
@@ -357,8 +485,12 @@ def _collect(procs, runs, t0, timeout, reason=None, stats=None):
     return True
 
 
-def _decode(data, t0, reason=None, stats=None):
+def _decode(data, t0, reason=None, stats=None, books=None):
+    t = time.perf_counter()
     rec = pickle.loads(data)
+    if books is not None:
+        books.reply(rec, len(data), time.perf_counter() - t)
+    loads = pickle.loads if books is None else books.loads
     if stats is not None and rec.get("comm") is not None:
         stats[rec["worker_id"]] = rec["comm"]
     run = WorkerRun(worker_id=rec["worker_id"], pid=rec["pid"],
@@ -366,7 +498,7 @@ def _decode(data, t0, reason=None, stats=None):
                     stdout=rec["stdout"], stderr=rec["stderr"])
     if "traceback" not in rec:
         try:
-            run.result = pickle.loads(rec["result"])
+            run.result = loads(rec["result"])
         except Exception as exc:
             # Pickled fine in the worker, yet will not load here (a class only
             # the worker can import, a __reduce__ that fails). Raising would
@@ -386,7 +518,7 @@ def _decode(data, t0, reason=None, stats=None):
     error = None
     if rec.get("error") is not None:
         try:
-            error = pickle.loads(rec["error"])
+            error = loads(rec["error"])
         except Exception:
             error = None
     if error is None:
@@ -396,7 +528,7 @@ def _decode(data, t0, reason=None, stats=None):
     return run
 
 
-def _stop(gang, procs, runs, t0, reason, stats=None):
+def _stop(gang, procs, runs, t0, reason, stats=None, books=None):
     """SIGUSR1 to busy workers; kill those that do not answer in time."""
     pending = [i for i in range(len(procs)) if i not in runs]
     for i in pending:
@@ -406,7 +538,7 @@ def _stop(gang, procs, runs, t0, reason, stats=None):
             pass
     end = time.perf_counter() + STOP_GRACE
     while len(runs) < len(procs) and (left := end - time.perf_counter()) > 0:
-        if not _collect(procs, runs, t0, left, reason, stats):
+        if not _collect(procs, runs, t0, left, reason, stats, books):
             break
     killed = [i for i in pending if i not in runs]
     for i in killed:

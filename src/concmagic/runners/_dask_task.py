@@ -158,6 +158,13 @@ def _call(func, entry, registry, key, **kwargs):
             if begin:
                 try:
                     result = func(**kwargs)
+                    if isinstance(result, types.CoroutineType):
+                        # An async cell (%%compare with asyncio among its
+                        # models): run it in a loop of its own, as
+                        # concmagic.runners.settle does (this module travels
+                        # by value, so it does not import that).
+                        import asyncio
+                        result = asyncio.run(result)
                 except BaseException as exc:      # noqa: B036 - the report keeps it
                     error = exc
             else:

@@ -61,11 +61,11 @@ import uuid
 
 import cloudpickle
 
-from ..errors import ConcmagicError, RemoteTraceback, RunTimeout, WorkerDied
+from ..errors import ConcmagicError, RunTimeout, WorkerDied
 from ..report import Report, WorkerRun, format_time
 from . import _dask_task
 from ._common import wait_slice
-from .processes import RemoteError, _without_main_module, ship
+from .processes import _without_main_module, fill_outcome, ship
 
 __all__ = ["run_dask", "shutdown", "cluster_status", "require", "DaskUnavailable",
            "ClusterError", "INSTALL_HINT"]
@@ -440,35 +440,11 @@ class _Run:
                         start=self._time(rec, "start"), end=self._time(rec, "end"),
                         cpu=rec["cpu"] if one_thread else rec["thread_cpu"],
                         stdout=rec["stdout"], stderr=rec["stderr"])
-        if "traceback" not in rec:
-            try:
-                run.result = pickle.loads(rec["result"])
-            except Exception as exc:
-                run.error = RuntimeError(
-                    f"the result of worker {i} was sent back but cannot be loaded in the "
-                    f"notebook: {type(exc).__name__}: {exc}")
-                run.error.__cause__ = exc
-                run.traceback = "".join(traceback.format_exception(type(exc), exc,
-                                                                   exc.__traceback__))
-            return run
-        run.traceback = rec["traceback"]
+        stopped = None
         if rec.get("stopped"):
-            error = reason if reason is not None else RunTimeout(
+            stopped = reason if reason is not None else RunTimeout(
                 f"worker {i} was stopped")        # a stop left over from elsewhere
-            run.error = error
-            run.traceback += "".join(traceback.format_exception_only(type(error), error))
-            return run
-        error = None
-        if rec.get("error") is not None:
-            try:
-                error = pickle.loads(rec["error"])
-            except Exception:
-                error = None
-        if error is None:
-            error = RemoteError(f"{rec['error_type']}: {rec['error_text']}")
-        error.__cause__ = RemoteTraceback(rec["traceback"])
-        run.error = error
-        return run
+        return fill_outcome(run, rec, stopped=stopped)
 
     # -- workers gone, workers stopped -----------------------------------------
     def _check_workers(self):

@@ -496,6 +496,16 @@ def _decode(data, t0, reason=None, stats=None, books=None):
     run = WorkerRun(worker_id=rec["worker_id"], pid=rec["pid"],
                     start=rec["start"] - t0, end=rec["end"] - t0, cpu=rec["cpu"],
                     stdout=rec["stdout"], stderr=rec["stderr"])
+    return fill_outcome(run, rec, loads, stopped=reason if rec.get("stopped") else None)
+
+
+def fill_outcome(run, rec, loads=pickle.loads, stopped=None):
+    """Set ``run``'s result, or its error and traceback, from a worker's reply.
+
+    ``rec`` is the record a worker process (or Dask task) sends back;
+    ``stopped``, the error to report for a cell the runner stopped (timeout,
+    interrupt), else None. Shared by the processes and Dask runners.
+    """
     if "traceback" not in rec:
         try:
             run.result = loads(rec["result"])
@@ -511,9 +521,9 @@ def _decode(data, t0, reason=None, stats=None, books=None):
             run.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return run
     run.traceback = rec["traceback"]
-    if rec.get("stopped") and reason is not None:
-        run.error = reason
-        run.traceback += "".join(traceback.format_exception_only(type(reason), reason))
+    if stopped is not None:
+        run.error = stopped
+        run.traceback += "".join(traceback.format_exception_only(type(stopped), stopped))
         return run
     error = None
     if rec.get("error") is not None:

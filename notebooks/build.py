@@ -325,6 +325,25 @@ NB02 = [
     worker_id
     """, id="asyncio-sleep"),
     md("""
+    ## The four models side by side
+
+    `%%compare` takes asyncio too. A cell that `await`s runs as a coroutine
+    everywhere: serial, threads and processes give each worker an event loop
+    of its own, asyncio puts all the workers on its one loop.
+    """),
+    code("""
+    %%compare -n 4 --models serial,threads,processes,asyncio
+    await asyncio.sleep(0.2)
+    """, id="compare-four-await"),
+    md("""
+    The same wait written as a blocking `time.sleep`: threads and processes
+    still overlap it, asyncio cannot, and the verdict says why.
+    """),
+    code("""
+    %%compare -n 4 --models serial,threads,processes,asyncio
+    time.sleep(0.2)
+    """, id="compare-four-blocking"),
+    md("""
     ## What you saw
 
     - Waiting releases the GIL, so threads wait side by side: 8 requests took
@@ -333,7 +352,8 @@ NB02 = [
       (notebook 03); threads or asyncio are the cheaper way to wait.
     - Code that waits *holding* the GIL (`io_wait(path="gil")`) stops every
       thread; `%gilcheck` tells you which kind you have.
-    - `asyncio` overlaps the waits on one thread, at each `await`.
+    - `asyncio` overlaps the waits on one thread, at each `await`; a blocking
+      call in a task holds the loop, and the tasks then wait one after another.
     """),
     code("""
     server.shutdown()   # stop the web server

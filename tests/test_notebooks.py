@@ -124,6 +124,11 @@ def check_02(nb):
     assert '<table class="concmagic-report">' in html(nb, "asyncio-http")
     sizes = eval(result(nb, "asyncio-http"))   # a list of ints, from our own kernel
     assert len(sizes) == 8 and len(set(sizes)) == 1 and sizes[0] > 6000
+    # %%compare across the four models: asyncio beside threads for waiting.
+    awaited = text(nb, "compare-four-await")
+    assert "I/O-bound" in awaited and "waited as well on one thread" in awaited
+    blocking = text(nb, "compare-four-blocking")
+    assert "I/O-bound" in blocking and "its tasks waited one after another" in blocking
 
 
 def check_03(nb):

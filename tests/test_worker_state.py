@@ -90,3 +90,20 @@ def test_processes_get_the_notebook_globals_afresh_each_run():
     # The workers' writes stayed there, and the next run starts from 0 again.
     assert ns["counter"] == 0
     assert concmagic.run(ns["bump"], n=2, model="processes").results == [1, 1]
+
+
+def test_async_function_runs_serially_inside_a_running_loop():
+    # The serial model runs on the calling thread; in a Jupyter kernel that
+    # thread is inside the kernel's event loop, which must survive the run.
+    async def cell(worker_id, n_workers):
+        await asyncio.sleep(0.01)
+        return worker_id
+
+    async def kernel():
+        loop = asyncio.get_running_loop()
+        report = concmagic.run(cell, n=2, model="serial")
+        assert asyncio.get_running_loop() is loop       # put back
+        await asyncio.sleep(0)                           # and still usable
+        return report.results
+
+    assert asyncio.run(kernel()) == [0, 1]

@@ -16,7 +16,31 @@ def settle(result):
     its waits overlap only with other workers', never inside one worker.
     (The asyncio model awaits it on its one shared loop instead.)
     """
-    if isinstance(result, _Coroutine):
-        import asyncio
+    if not isinstance(result, _Coroutine):
+        return result
+    import asyncio
+    outer = asyncio._get_running_loop()
+    if outer is None:
         return asyncio.run(result)
-    return result
+    # This thread is inside a callback of a running loop: the serial model
+    # in a Jupyter kernel, whose cells run in its event loop. That loop is
+    # blocked until this call returns, so it is stood aside while a loop of
+    # our own runs the coroutine, then put back. (asyncio exports
+    # _get/_set_running_loop for event loop implementations, which this is.)
+    # asyncio.run is not used here: it would also unset the thread's
+    # current event loop, which the kernel still needs afterwards.
+    asyncio._set_running_loop(None)
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(result)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)        # what the cell left running
+            if left:
+                for task in left:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            asyncio._set_running_loop(outer)

@@ -141,6 +141,9 @@ def check_03(nb):
     assert result(nb, "visits") == "0"
     shipping = text(nb, "shipping")
     assert "processes, big" in shipping and "threads, big" in shipping
+    assert "copied in" in text(nb, "share-first")
+    assert "reused, no copy" in text(nb, "share-again")
+    assert "[1.0, 2.0]" in text(nb, "share-summary")      # the workers' writes arrived
 
 
 def check_04(nb):

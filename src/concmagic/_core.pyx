@@ -388,15 +388,23 @@ def io_wait_nogil(seconds):
 # Both run on threads of their own that hold no GIL while they work, so they
 # cost the measured code almost nothing: the sampler never touches Python at
 # all, and the probe touches it only for the instant it measures.
+#
+# Each instrument's thread is started by its first start() and then kept:
+# between runs it is parked on a condition variable (no CPU, no GIL), and
+# start()/stop() arm and disarm it. Creating and joining two threads per run
+# cost ~0.4 ms, more than handing an empty cell to eight workers. The thread
+# ends on close() (or when the object is freed). After a fork the child has
+# no such thread (fork copies only the calling one): each instrument notes
+# the pid that started its thread and starts a new one in a new process.
 
 from posix.types cimport clockid_t, pid_t
+from posix.unistd cimport getpid
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 from libc.math cimport NAN
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t* thread, void* attr,
-                       void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t thread, void** retval)
     pthread_t pthread_self()
     int pthread_getcpuclockid(pthread_t thread, clockid_t* clock)
@@ -416,62 +424,139 @@ cdef extern from *:
     int cm_load(atomic_int* p) noexcept nogil
     void cm_store(atomic_int* p, int v) noexcept nogil
 
-# A stop flag that can also wake a sleeper: the instruments sleep between
-# readings, and stop() must not wait out a whole sleep (a run of an empty cell
-# lasts far less than the sampler's millisecond). A condition variable on the
-# monotonic clock does both.
+# The seat of a parked instrument thread, and the stop flag of its run. One
+# mutex, two condition variables on the monotonic clock:
+#   wake    the controller -> the thread: armed, stop now, or exit
+#   parked  the thread -> the controller: the run is over, buffers are quiet
+# The instruments sleep between readings on `wake` too, so stop() never waits
+# out a whole sleep (an empty cell lasts far less than the sampler's 1 ms).
+# The mutex is never held while waiting for the GIL, on either side, so the
+# controller may take it with the GIL held.
 cdef extern from *:
     """
     #include <errno.h>
     #include <pthread.h>
+    #include <signal.h>
+    #include <sys/syscall.h>
     #include <time.h>
+    #include <unistd.h>
+    enum { CM_PARKED = 0, CM_ARMED = 1, CM_EXIT = 2 };
     typedef struct {
         pthread_mutex_t lock;
         pthread_cond_t wake;
-        atomic_int stop;
-    } cm_stopper;
-    static void cm_stopper_init(cm_stopper *s) {
+        pthread_cond_t parked;
+        atomic_int stop;          /* the current run must end */
+        int state;                /* CM_PARKED, CM_ARMED or CM_EXIT; under lock */
+        atomic_int tid;           /* the thread's native id (0: not started yet) */
+    } cm_control;
+    static void cm_control_init(cm_control *c) {
         pthread_condattr_t attr;
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&s->wake, &attr);
+        pthread_cond_init(&c->wake, &attr);
+        pthread_cond_init(&c->parked, &attr);
         pthread_condattr_destroy(&attr);
-        pthread_mutex_init(&s->lock, NULL);
-        atomic_store(&s->stop, 0);
+        pthread_mutex_init(&c->lock, NULL);
+        atomic_store(&c->stop, 0);
+        atomic_store(&c->tid, 0);
+        c->state = CM_PARKED;
     }
-    static void cm_stopper_destroy(cm_stopper *s) {
-        pthread_cond_destroy(&s->wake);
-        pthread_mutex_destroy(&s->lock);
+    static void cm_control_destroy(cm_control *c) {
+        pthread_cond_destroy(&c->wake);
+        pthread_cond_destroy(&c->parked);
+        pthread_mutex_destroy(&c->lock);
     }
-    static int cm_stopped(cm_stopper *s) { return atomic_load(&s->stop); }
+    /* Back to parked, before a new thread is started on it (none runs now). */
+    static void cm_control_reset(cm_control *c) {
+        atomic_store(&c->tid, 0);
+        atomic_store(&c->stop, 0);
+        c->state = CM_PARKED;
+    }
+    static int cm_stopped(cm_control *c) { return atomic_load(&c->stop); }
+    static int cm_control_tid(cm_control *c) { return atomic_load(&c->tid); }
     /* Sleep for ns nanoseconds or until stopped; 1 if stopped. */
-    static int cm_stopper_sleep(cm_stopper *s, long ns) {
+    static int cm_control_sleep(cm_control *c, long ns) {
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += ns / 1000000000L;
         until.tv_nsec += ns % 1000000000L;
         if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
-        pthread_mutex_lock(&s->lock);
-        while (!atomic_load(&s->stop)) {
-            if (pthread_cond_timedwait(&s->wake, &s->lock, &until) == ETIMEDOUT) break;
+        pthread_mutex_lock(&c->lock);
+        while (!atomic_load(&c->stop)) {
+            if (pthread_cond_timedwait(&c->wake, &c->lock, &until) == ETIMEDOUT) break;
         }
-        pthread_mutex_unlock(&s->lock);
-        return atomic_load(&s->stop);
+        pthread_mutex_unlock(&c->lock);
+        return atomic_load(&c->stop);
     }
-    static void cm_stopper_stop(cm_stopper *s) {
-        pthread_mutex_lock(&s->lock);
-        atomic_store(&s->stop, 1);
-        pthread_cond_broadcast(&s->wake);
-        pthread_mutex_unlock(&s->lock);
+    /* The thread's side. Park until armed (1) or told to exit (0). */
+    static int cm_control_wait_armed(cm_control *c) {
+        int run;
+        if (!atomic_load(&c->tid)) atomic_store(&c->tid, (int)syscall(SYS_gettid));
+        pthread_mutex_lock(&c->lock);
+        while (c->state == CM_PARKED) pthread_cond_wait(&c->wake, &c->lock);
+        run = c->state == CM_ARMED;
+        pthread_mutex_unlock(&c->lock);
+        return run;
+    }
+    /* The thread's side: the run is over and its buffers are no longer touched. */
+    static void cm_control_done(cm_control *c) {
+        pthread_mutex_lock(&c->lock);
+        if (c->state == CM_ARMED) c->state = CM_PARKED;
+        pthread_cond_broadcast(&c->parked);
+        pthread_mutex_unlock(&c->lock);
+    }
+    /* The controller's side: start a run (the thread is parked). */
+    static void cm_control_arm(cm_control *c) {
+        pthread_mutex_lock(&c->lock);
+        atomic_store(&c->stop, 0);
+        c->state = CM_ARMED;
+        pthread_cond_broadcast(&c->wake);
+        pthread_mutex_unlock(&c->lock);
+    }
+    /* The controller's side: end the run and wait until the thread is parked. */
+    static void cm_control_disarm(cm_control *c) {
+        pthread_mutex_lock(&c->lock);
+        atomic_store(&c->stop, 1);
+        pthread_cond_broadcast(&c->wake);
+        while (c->state == CM_ARMED) pthread_cond_wait(&c->parked, &c->lock);
+        pthread_mutex_unlock(&c->lock);
+    }
+    /* The controller's side: end any run and let the thread return. */
+    static void cm_control_exit(cm_control *c) {
+        pthread_mutex_lock(&c->lock);
+        atomic_store(&c->stop, 1);
+        c->state = CM_EXIT;
+        pthread_cond_broadcast(&c->wake);
+        pthread_mutex_unlock(&c->lock);
+    }
+    /* Start a thread with every signal blocked: a process-directed signal
+       (Ctrl-C's SIGINT) must go to a Python thread, never to an instrument
+       that lives as long as the process. */
+    static int cm_start_thread(pthread_t *thread, void *(*main)(void *), void *arg) {
+        sigset_t all, old;
+        int err;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        err = pthread_create(thread, NULL, main, arg);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return err;
     }
     """
-    ctypedef struct cm_stopper:
+    ctypedef struct cm_control:
         pass
-    void cm_stopper_init(cm_stopper* s) noexcept nogil
-    void cm_stopper_destroy(cm_stopper* s) noexcept nogil
-    int cm_stopped(cm_stopper* s) noexcept nogil
-    int cm_stopper_sleep(cm_stopper* s, long ns) noexcept nogil
-    void cm_stopper_stop(cm_stopper* s) noexcept nogil
+    void cm_control_init(cm_control* c) noexcept nogil
+    void cm_control_destroy(cm_control* c) noexcept nogil
+    void cm_control_reset(cm_control* c) noexcept nogil
+    int cm_stopped(cm_control* c) noexcept nogil
+    int cm_control_tid(cm_control* c) noexcept nogil
+    int cm_control_sleep(cm_control* c, long ns) noexcept nogil
+    int cm_control_wait_armed(cm_control* c) noexcept nogil
+    void cm_control_done(cm_control* c) noexcept nogil
+    void cm_control_arm(cm_control* c) noexcept nogil
+    void cm_control_disarm(cm_control* c) noexcept nogil
+    void cm_control_exit(cm_control* c) noexcept nogil
+    int cm_start_thread(pthread_t* thread, void* (*main)(void*) noexcept nogil,
+                        void* arg) noexcept nogil
 
 cdef enum:
     MAX_SLOTS = 1024            # workers one sampler can follow
@@ -484,15 +569,103 @@ cdef inline void _sleep_ns(long ns) noexcept nogil:
     nanosleep(&ts, NULL)
 
 
+cdef class _Instrument:
+    """What the sampler and the probe share: a parked thread and its seat.
+
+    State, changed only by the controlling Python code (one run at a time
+    per instrument; the caller serialises, as measure.py's pool does):
+    ``thread_pid`` the process whose thread this is (0: none started);
+    ``armed`` between start() and stop().
+    """
+    cdef cm_control* control
+    cdef pthread_t thread
+    cdef pid_t thread_pid
+    cdef bint armed
+
+    cdef int _alloc_control(self) except -1:
+        self.control = <cm_control*>calloc(1, sizeof(cm_control))
+        if self.control == NULL:
+            raise MemoryError()
+        cm_control_init(self.control)
+        return 0
+
+    cdef bint _thread_here(self) noexcept:
+        """True if this process has the thread (a forked child has not)."""
+        if self.thread_pid != 0 and self.thread_pid != getpid():
+            # Inherited through fork: the thread stayed in the parent, and
+            # the mutex may have been copied while held. Start afresh.
+            self.thread_pid = 0
+            self.armed = False
+            cm_control_init(self.control)
+        return self.thread_pid != 0
+
+    cdef int _arm(self, void* (*main)(void*) noexcept nogil, void* state) except -1:
+        if not self._thread_here():
+            cm_control_reset(self.control)         # parked: it waits to be armed
+            if cm_start_thread(&self.thread, main, state) != 0:
+                raise OSError(f"could not start the {type(self).__name__} thread")
+            self.thread_pid = getpid()
+        cm_control_arm(self.control)
+        self.armed = True
+        return 0
+
+    cdef void _disarm(self) noexcept:
+        if self.armed and self._thread_here():
+            # Without the GIL: the probe may be waiting for it to finish.
+            with nogil:
+                cm_control_disarm(self.control)
+        self.armed = False
+
+    def close(self):
+        """End the thread (it is started again by the next start())."""
+        if self._thread_here():
+            cm_control_exit(self.control)
+            with nogil:                           # the probe needs the GIL to leave
+                pthread_join(self.thread, NULL)
+            self.thread_pid = 0
+        self.armed = False
+
+    @property
+    def parked(self):
+        """True when a thread exists here and waits between runs."""
+        return self._thread_here() and not self.armed
+
+    @property
+    def native_id(self):
+        """The thread's native id (as in /proc/self/task), None when it has none here."""
+        if not self._thread_here():
+            return None
+        cdef int tid = cm_control_tid(self.control)
+        return tid if tid else None              # started, not yet running
+
+    @property
+    def running(self):
+        """True between start() and stop()."""
+        return self._thread_here() and self.armed
+
+    def _free_control(self):
+        if self.control == NULL:
+            return
+        if self.thread_pid == getpid() or self.thread_pid == 0:
+            self.close()
+            cm_control_destroy(self.control)
+        # else: a forked copy, whose mutex may be held by a thread that is not
+        # here; destroying it would be undefined, and freeing is enough.
+        free(self.control)
+        self.control = NULL
+
+
 # ---------------------------------------------------------------------------
 # The CPU sampler
 # ---------------------------------------------------------------------------
 cdef struct SamplerState:
-    cm_stopper stop
+    cm_control* control
     atomic_int ready[MAX_SLOTS]     # 1 once clocks[i] holds a valid clock
     clockid_t clocks[MAX_SLOTS]
     int n_slots
-    long interval_ns
+    int slots_allocated             # columns the cpu buffer has room for
+    long interval_ns                # now (it doubles as a run grows long)
+    long start_interval_ns          # at the start of each run
     Py_ssize_t capacity             # samples the buffers hold
     Py_ssize_t count                # samples taken so far
     double* t                       # [capacity] when each sample was taken
@@ -525,33 +698,42 @@ cdef void _halve(SamplerState* s) noexcept nogil:
     s.interval_ns *= 2
 
 
-cdef void* _sampler_main(void* arg) noexcept nogil:
-    # Runs on its own native thread and never takes the GIL: everything it
-    # touches is in the SamplerState, which the Sampler object keeps alive
-    # until this thread has been joined.
-    cdef SamplerState* s = <SamplerState*>arg
+cdef void _sample_run(SamplerState* s) noexcept nogil:
     while True:
         if s.count == s.capacity:
             _halve(s)
         _take_sample(s)
-        if cm_stopped(&s.stop) or cm_stopper_sleep(&s.stop, s.interval_ns):
+        if cm_stopped(s.control) or cm_control_sleep(s.control, s.interval_ns):
             if s.count == s.capacity:
                 _halve(s)
             _take_sample(s)                # the last sample is taken at stop
-            return NULL
+            return
 
 
-cdef class Sampler:
+cdef void* _sampler_main(void* arg) noexcept nogil:
+    # Runs on its own native thread and never takes the GIL: everything it
+    # touches is in the SamplerState, which the Sampler object keeps alive
+    # until this thread has been joined. Between runs it sits in
+    # cm_control_wait_armed; start() resets the buffers only while it sits
+    # there, and stop() reads them only once it is back.
+    cdef SamplerState* s = <SamplerState*>arg
+    while cm_control_wait_armed(s.control):
+        _sample_run(s)
+        cm_control_done(s.control)
+    return NULL
+
+
+cdef class Sampler(_Instrument):
     """Samples the CPU clocks of registered threads/processes every ~1 ms.
 
     ``register_thread(slot)`` is called by a worker thread for itself;
     ``register_pid(slot, pid)`` follows a whole worker process. ``stop()``
     returns ``(t, cpu)``: sample times (monotonic seconds, same clock as
-    time.perf_counter) and CPU seconds per slot (NaN where unknown).
+    time.perf_counter) and CPU seconds per slot (NaN where unknown). Each
+    start() begins a new series; the thread waits parked between runs, and
+    ``resize(n_slots)`` fits a parked sampler to the next run's workers.
     """
     cdef SamplerState* s
-    cdef pthread_t thread
-    cdef bint running
 
     def __cinit__(self, int n_slots, double interval=0.001, Py_ssize_t capacity=8192):
         if not 0 < n_slots <= MAX_SLOTS:
@@ -563,29 +745,45 @@ cdef class Sampler:
         self.s = <SamplerState*>calloc(1, sizeof(SamplerState))
         if self.s == NULL:
             raise MemoryError()
-        cm_stopper_init(&self.s.stop)
-        self.s.n_slots = n_slots
-        self.s.interval_ns = <long>(interval * 1e9)
+        self._alloc_control()
+        self.s.control = self.control
+        self.s.start_interval_ns = self.s.interval_ns = <long>(interval * 1e9)
         self.s.capacity = capacity
         self.s.t = <double*>calloc(capacity, sizeof(double))
-        self.s.cpu = <double*>calloc(capacity * n_slots, sizeof(double))
-        if self.s.t == NULL or self.s.cpu == NULL:
+        if self.s.t == NULL:
             raise MemoryError()
+        self._set_slots(n_slots)
+
+    cdef int _set_slots(self, int n_slots) except -1:
+        cdef double* cpu
+        if n_slots > self.s.slots_allocated:
+            cpu = <double*>calloc(self.s.capacity * n_slots, sizeof(double))
+            if cpu == NULL:
+                raise MemoryError()
+            free(self.s.cpu)
+            self.s.cpu = cpu
+            self.s.slots_allocated = n_slots
+        self.s.n_slots = n_slots
+        return 0
 
     def __dealloc__(self):
-        if self.running:                    # never free under a live thread
-            cm_stopper_stop(&self.s.stop)
-            with nogil:
-                pthread_join(self.thread, NULL)
+        self._free_control()                 # ends the thread before the buffers go
         if self.s != NULL:
             free(self.s.t)
             free(self.s.cpu)
-            cm_stopper_destroy(&self.s.stop)
             free(self.s)
 
     def _check_slot(self, int slot):
         if not 0 <= slot < self.s.n_slots:
             raise ValueError(f"slot must be in 0..{self.s.n_slots - 1}; got {slot}")
+
+    def resize(self, int n_slots):
+        """Follow ``n_slots`` workers from the next start() (not while running)."""
+        if self._thread_here() and self.armed:
+            raise RuntimeError("the sampler is running")
+        if not 0 < n_slots <= MAX_SLOTS:
+            raise ValueError(f"n_slots must be in 1..{MAX_SLOTS}; got {n_slots}")
+        self._set_slots(n_slots)
 
     def register_thread(self, int slot):
         """Follow the calling thread's CPU clock in ``slot``."""
@@ -603,24 +801,29 @@ cdef class Sampler:
         cm_store(&self.s.ready[slot], 1)
 
     def start(self):
-        if self.running:
+        """Begin a new series (slots unregistered, the first interval again)."""
+        cdef int i
+        if self._thread_here() and self.armed:
             raise RuntimeError("the sampler is already running")
-        if pthread_create(&self.thread, NULL, _sampler_main, self.s) != 0:
-            raise OSError("could not start the sampler thread")
-        self.running = True
+        # The thread is parked (or not started): nothing else touches these.
+        self.s.count = 0
+        self.s.interval_ns = self.s.start_interval_ns
+        for i in range(self.s.n_slots):
+            cm_store(&self.s.ready[i], 0)
+        self._arm(_sampler_main, self.s)
 
     def stop(self):
         """Stop sampling; returns (t, cpu) as lists (cpu: one list per sample)."""
-        if self.running:
-            cm_stopper_stop(&self.s.stop)
-            with nogil:
-                pthread_join(self.thread, NULL)
-            self.running = False
+        self._disarm()
         cdef Py_ssize_t k
         cdef int n = self.s.n_slots
         t = [self.s.t[k] for k in range(self.s.count)]
         cpu = [[self.s.cpu[k * n + i] for i in range(n)] for k in range(self.s.count)]
         return t, cpu
+
+    @property
+    def n_slots(self):
+        return self.s.n_slots
 
     @property
     def interval(self):
@@ -639,10 +842,11 @@ cdef class Sampler:
 # returns. So "waiting / (waiting + sleeping)" estimates how busy the GIL was.
 # Waits are summed into time bins, so a long run keeps bounded memory.
 cdef struct ProbeState:
-    cm_stopper stop
+    cm_control* control
     atomic_int ready               # 1 once the probe thread has its thread state
     long interval_ns
-    double bin_width               # seconds per bin; doubles when bins run out
+    double start_bin_width         # seconds per bin at the start of each run
+    double bin_width               # now; doubles when bins run out
     double t0
     Py_ssize_t n_bins              # capacity
     Py_ssize_t used                # bins touched so far
@@ -665,48 +869,54 @@ cdef void _probe_merge(ProbeState* p) noexcept nogil:
     p.used = (p.used + 1) // 2
 
 
-cdef void* _probe_main(void* arg) noexcept nogil:
-    cdef ProbeState* p = <ProbeState*>arg
+cdef void _probe_run(ProbeState* p) noexcept nogil:
     cdef double start, asked, got
     cdef Py_ssize_t b
+    while not cm_stopped(p.control):
+        start = _now()
+        if cm_control_sleep(p.control, p.interval_ns):
+            break
+        asked = _now()
+        with gil:
+            pass                           # the whole probe: get it, let go
+        got = _now()
+        b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+        while b >= p.n_bins:
+            _probe_merge(p)
+            b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+        p.wait[b] += got - asked
+        p.span[b] += got - start
+        if b + 1 > p.used:
+            p.used = b + 1
+        p.total_wait += got - asked
+        p.total_span += got - start
+        p.probes += 1
+
+
+cdef void* _probe_main(void* arg) noexcept nogil:
+    cdef ProbeState* p = <ProbeState*>arg
     # `with gil` in a thread Python did not create makes a thread state for
     # it; the nested `with nogil` gives the GIL straight back. Inside, each
-    # `with gil` re-takes the GIL with that same thread state (no churn).
+    # `with gil` re-takes the GIL with that same thread state (no churn),
+    # run after run: the thread state is kept while the thread is parked.
     with gil:
         with nogil:
             cm_store(&p.ready, 1)
-            while not cm_stopped(&p.stop):
-                start = _now()
-                if cm_stopper_sleep(&p.stop, p.interval_ns):
-                    break
-                asked = _now()
-                with gil:
-                    pass                   # the whole probe: get it, let go
-                got = _now()
-                b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
-                while b >= p.n_bins:
-                    _probe_merge(p)
-                    b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
-                p.wait[b] += got - asked
-                p.span[b] += got - start
-                if b + 1 > p.used:
-                    p.used = b + 1
-                p.total_wait += got - asked
-                p.total_span += got - start
-                p.probes += 1
+            while cm_control_wait_armed(p.control):
+                _probe_run(p)
+                cm_control_done(p.control)
     return NULL
 
 
-cdef class GilProbe:
+cdef class GilProbe(_Instrument):
     """Measures how busy the GIL is, from a native thread (see above).
 
     ``start()``, then ``stop()`` returns a dict: ``wait_fraction`` (total wait
     / total probe time), ``probes``, and per-bin ``t`` (bin starts, seconds
-    since start), ``wait`` and ``span``.
+    since start), ``wait`` and ``span``. Each start() begins a new record; the
+    thread waits parked between runs.
     """
     cdef ProbeState* p
-    cdef pthread_t thread
-    cdef bint running
 
     def __cinit__(self, double interval=0.0005, double bin_width=0.005, Py_ssize_t n_bins=4096):
         if not interval > 0 or not bin_width > 0 or n_bins < 2:
@@ -714,9 +924,10 @@ cdef class GilProbe:
         self.p = <ProbeState*>calloc(1, sizeof(ProbeState))
         if self.p == NULL:
             raise MemoryError()
-        cm_stopper_init(&self.p.stop)
+        self._alloc_control()
+        self.p.control = self.control
         self.p.interval_ns = <long>(interval * 1e9)
-        self.p.bin_width = bin_width
+        self.p.start_bin_width = self.p.bin_width = bin_width
         self.p.n_bins = n_bins
         self.p.wait = <double*>calloc(n_bins, sizeof(double))
         self.p.span = <double*>calloc(n_bins, sizeof(double))
@@ -724,37 +935,38 @@ cdef class GilProbe:
             raise MemoryError()
 
     def __dealloc__(self):
-        if self.running:
-            cm_stopper_stop(&self.p.stop)
-            with nogil:                     # the probe needs the GIL to finish
-                pthread_join(self.thread, NULL)
+        self._free_control()                 # ends the thread before the buffers go
         if self.p != NULL:
             free(self.p.wait)
             free(self.p.span)
-            cm_stopper_destroy(&self.p.stop)
             free(self.p)
 
     def start(self):
-        if self.running:
+        if self._thread_here() and self.armed:
             raise RuntimeError("the probe is already running")
+        # The thread is parked (or not started): nothing else touches these.
+        # Bins past `used` are still zero (merging zeroes what it frees).
+        memset(self.p.wait, 0, self.p.used * sizeof(double))
+        memset(self.p.span, 0, self.p.used * sizeof(double))
+        self.p.used = 0
+        self.p.bin_width = self.p.start_bin_width
+        self.p.total_wait = self.p.total_span = 0
+        self.p.probes = 0
+        if not self._thread_here():
+            cm_store(&self.p.ready, 0)
         self.p.t0 = _now()
-        if pthread_create(&self.thread, NULL, _probe_main, self.p) != 0:
-            raise OSError("could not start the GIL probe thread")
-        self.running = True
-        # The probe's first act is to take the GIL once, to get a thread
+        self._arm(_probe_main, self.p)
+        # A new thread's first act is to take the GIL once, to get a thread
         # state; wait for that with the GIL released, or a worker that takes
         # the GIL and keeps it would leave the probe blind for the whole run.
-        with nogil:
-            while not cm_load(&self.p.ready):
-                _sleep_ns(20000)
+        # A parked thread has had its thread state since its first run.
+        if not cm_load(&self.p.ready):
+            with nogil:
+                while not cm_load(&self.p.ready):
+                    _sleep_ns(20000)
 
     def stop(self):
-        if self.running:
-            cm_stopper_stop(&self.p.stop)
-            # Joined without the GIL: the probe may be waiting for it.
-            with nogil:
-                pthread_join(self.thread, NULL)
-            self.running = False
+        self._disarm()
         cdef Py_ssize_t k
         return {
             "wait_fraction": self.p.total_wait / self.p.total_span if self.p.total_span > 0 else None,

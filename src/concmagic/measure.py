@@ -3,6 +3,7 @@
     m = Measurement(n)         runners call
       m.start()                just before their run starts
       m.register_thread(slot)  from a worker thread, for itself
+      m.register_clock(slot, clock)  or by the runner, with the thread's clock id
       m.register_pid(slot, pid) for a worker process
     ... the run ...
       m.stop(t0) -> Samples    raw series, times in seconds since the run's
@@ -284,6 +285,13 @@ class Measurement:
                     self._sampler.register_thread(slot)
                 except OSError:                   # no CPU clock: that lane stays empty
                     pass
+
+    def register_clock(self, slot, clock):
+        """Follow CPU clock ``clock`` (time.pthread_getcpuclockid of a worker
+        thread) as worker ``slot``: a runner registering its workers itself."""
+        with self._lock:
+            if self._sampler:
+                self._sampler.register_clock(slot, clock)
 
     def register_pid(self, slot, pid):
         """Follow process ``pid``'s CPU clock as worker ``slot``."""

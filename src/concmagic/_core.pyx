@@ -1026,12 +1026,14 @@ cdef class GilProbe(_Instrument):
 # ===========================================================================
 # The threads runner keeps a gang of worker threads and, each run, hands
 # every one of them the same job; they must then start together (a start
-# gate). Done with Python objects (a queue per worker, a lock-based gate),
-# every worker needs the GIL once to take its job from its queue and once
-# more to pass the gate, and those turns are taken one after another: about
-# 2 x n hand-offs of the GIL before the last worker starts. Here a worker
-# waits for its job on a Seat and then at the job's Gate in one stretch
-# without the GIL, and asks for the GIL once, when the gate opens.
+# gate: no cell starts before every worker has come). With Python objects
+# (a queue per worker, a lock-based gate) each worker slept and woke three
+# times a run: for its queue, at the gate, and for the GIL, and it took the
+# GIL twice, one worker after another. Here a worker waits for its job on a
+# Seat and arrives at the job's Gate without the GIL, then asks for the GIL
+# once; by the time it gets it the others have nearly always arrived too
+# (they need no GIL to arrive), so it passes the gate without sleeping
+# again. Only when one is still missing does it let go of the GIL and wait.
 cdef extern from *:
     """
     typedef struct {
@@ -1058,20 +1060,29 @@ cdef extern from *:
         pthread_cond_destroy(&g->cond);
         pthread_mutex_destroy(&g->lock);
     }
-    /* Arrive; wait until all have (or `timeout_ns` has passed: a laggard). */
-    static void cm_gate_arrive(cm_gate *g, long timeout_ns) {
+    /* Arrive; the last to come opens the gate (and wakes any waiter). */
+    static void cm_gate_arrive(cm_gate *g) {
+        pthread_mutex_lock(&g->lock);
+        if (--g->left == 0) pthread_cond_broadcast(&g->cond);
+        pthread_mutex_unlock(&g->lock);
+    }
+    static int cm_gate_open(cm_gate *g) {
+        int open;
+        pthread_mutex_lock(&g->lock);
+        open = g->left <= 0;
+        pthread_mutex_unlock(&g->lock);
+        return open;
+    }
+    /* Wait until the gate opens, or `timeout_ns` has passed (a laggard). */
+    static void cm_gate_wait(cm_gate *g, long timeout_ns) {
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += timeout_ns / 1000000000L;
         until.tv_nsec += timeout_ns % 1000000000L;
         if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
         pthread_mutex_lock(&g->lock);
-        if (--g->left <= 0) {
-            pthread_cond_broadcast(&g->cond);
-        } else {
-            while (g->left > 0) {
-                if (pthread_cond_timedwait(&g->cond, &g->lock, &until) == ETIMEDOUT) break;
-            }
+        while (g->left > 0) {
+            if (pthread_cond_timedwait(&g->cond, &g->lock, &until) == ETIMEDOUT) break;
         }
         pthread_mutex_unlock(&g->lock);
     }
@@ -1094,8 +1105,8 @@ cdef extern from *:
         pthread_cond_signal(&s->cond);
         pthread_mutex_unlock(&s->lock);
     }
-    /* Wait for a post; for a job, then at its gate. 1: a job, 0: exit. */
-    static int cm_seat_wait(cm_seat *s, long gate_timeout_ns) {
+    /* Wait for a post; for a job, arrive at its gate. 1: a job, 0: exit. */
+    static int cm_seat_wait(cm_seat *s) {
         int what;
         cm_gate *gate;
         pthread_mutex_lock(&s->lock);
@@ -1105,7 +1116,7 @@ cdef extern from *:
         if (what == 1) s->posted = 0;
         pthread_mutex_unlock(&s->lock);
         if (what != 1) return 0;
-        if (gate != NULL) cm_gate_arrive(gate, gate_timeout_ns);
+        if (gate != NULL) cm_gate_arrive(gate);
         return 1;
     }
     """
@@ -1115,11 +1126,13 @@ cdef extern from *:
         pass
     void cm_gate_init(cm_gate* g, int n) noexcept nogil
     void cm_gate_destroy(cm_gate* g) noexcept nogil
-    void cm_gate_arrive(cm_gate* g, long timeout_ns) noexcept nogil
+    void cm_gate_arrive(cm_gate* g) noexcept nogil
+    int cm_gate_open(cm_gate* g) noexcept nogil
+    void cm_gate_wait(cm_gate* g, long timeout_ns) noexcept nogil
     void cm_seat_init(cm_seat* s) noexcept nogil
     void cm_seat_destroy(cm_seat* s) noexcept nogil
     void cm_seat_post(cm_seat* s, int what, cm_gate* gate) noexcept nogil
-    int cm_seat_wait(cm_seat* s, long gate_timeout_ns) noexcept nogil
+    int cm_seat_wait(cm_seat* s) noexcept nogil
 
 
 cdef class Gate:
@@ -1145,9 +1158,17 @@ cdef class Gate:
             free(self.g)
 
     def wait(self, double timeout):
+        """Arrive, and wait until all have (or ``timeout`` seconds have passed)."""
         cdef long ns = <long>(timeout * 1e9)
         with nogil:
-            cm_gate_arrive(self.g, ns)
+            cm_gate_arrive(self.g)
+            cm_gate_wait(self.g, ns)
+
+    cdef void _wait_open(self, long timeout_ns) noexcept:
+        # Called with the GIL; it is let go only if the gate is still shut.
+        if not cm_gate_open(self.g):
+            with nogil:
+                cm_gate_wait(self.g, timeout_ns)
 
 
 cdef class Seat:
@@ -1182,10 +1203,15 @@ cdef class Seat:
         cm_seat_post(self.s, 2, NULL)
 
     def wait(self, double timeout):
-        cdef long ns = <long>(timeout * 1e9)
         cdef int what
+        cdef Gate gate
         # The GIL may go: the seat and the gate are C structs this object
         # keeps alive (the gate through self.gate) for as long as we wait.
         with nogil:
-            what = cm_seat_wait(self.s, ns)
-        return what == 1
+            what = cm_seat_wait(self.s)
+        if what != 1:
+            return False
+        gate = self.gate
+        if gate is not None:
+            gate._wait_open(<long>(timeout * 1e9))
+        return True

@@ -793,6 +793,14 @@ cdef class Sampler(_Instrument):
         self.s.clocks[slot] = clock
         cm_store(&self.s.ready[slot], 1)
 
+    def register_clocks(self, clocks):
+        """``register_clock`` for slots 0, 1, ... in turn; None skips a slot."""
+        cdef int slot = 0
+        for clock in clocks:
+            if clock is not None:
+                self.register_clock(slot, clock)
+            slot += 1
+
     def register_pid(self, int slot, pid_t pid):
         """Follow process ``pid``'s CPU clock (all its threads) in ``slot``."""
         self._check_slot(slot)

@@ -293,6 +293,13 @@ class Measurement:
             if self._sampler:
                 self._sampler.register_clock(slot, clock)
 
+    def register_clocks(self, clocks):
+        """``register_clock(slot, clock)`` for each of ``clocks`` in slot
+        order (None: no clock, that lane stays empty)."""
+        with self._lock:
+            if self._sampler:
+                self._sampler.register_clocks(clocks)
+
     def register_pid(self, slot, pid):
         """Follow process ``pid``'s CPU clock as worker ``slot``."""
         with self._lock:

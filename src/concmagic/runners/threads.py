@@ -103,7 +103,8 @@ class _Worker:
     The runner registers the thread with the capture, the sampler and the
     progress display itself (it knows the thread's ident and CPU clock), so
     the worker goes from its seat through the start gate to the cell without
-    a stop on the way.
+    a stop on the way. What it does per run is kept short: with the GIL, the
+    workers' bookkeeping is done one after another.
     """
 
     def __init__(self):
@@ -115,16 +116,12 @@ class _Worker:
         self.thread = threading.Thread(target=self._serve, name=f"concmagic-worker-{index}",
                                        daemon=True)
         self.thread.start()
-        self._clock = ()                          # not looked up yet
-
-    def cpu_clock(self):
-        """The thread's CPU clock id (for the sampler), or None where there is none."""
-        if self._clock == ():
-            try:
-                self._clock = _thread_clock(self.thread.ident) if _thread_clock else None
-            except OSError:
-                self._clock = None
-        return self._clock
+        self.ident = self.thread.ident
+        self.native_id = self.thread.native_id
+        try:                                      # its CPU clock, for the sampler
+            self.clock = _thread_clock(self.ident) if _thread_clock else None
+        except OSError:                           # none: that lane stays empty
+            self.clock = None
 
     def post(self, job, worker_id):
         self.stopper.arm()
@@ -132,29 +129,27 @@ class _Worker:
         self.seat.post(job.gate)
 
     def _serve(self):
+        thread_time, perf_counter = time.thread_time, time.perf_counter
         while not self.retired and self.seat.wait(_BARRIER_TIMEOUT):
             job, worker_id = self.job
-            job.done.put(self._execute(job, worker_id))
-
-    def _execute(self, job, worker_id):
-        # Through the gate: the cell starts now. Bookkeeping waits until after.
-        c0 = time.thread_time()
-        start = time.perf_counter() - job.t0
-        if job.world is None:
-            result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
-        else:
-            result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n,
-                                              comm=job.world.comm(worker_id))
-            job.world.finish(worker_id, error)   # peers waiting on it stop waiting
-        end = time.perf_counter() - job.t0
-        cpu = time.thread_time() - c0
-        run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=self.thread.native_id,
-                        start=start, end=end, cpu=cpu, result=result)
-        run.stdout, run.stderr = job.capture.output()
-        job.capture.unregister()
-        if error is not None:
-            run.error, run.traceback = self.stopper.resolve(error)
-        return run
+            # Through the gate: the cell starts now. Bookkeeping waits until after.
+            c0 = thread_time()
+            start = perf_counter()
+            if job.world is None:
+                result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
+            else:
+                result, error = self.stopper.call(job.func, worker_id=worker_id,
+                                                  n_workers=job.n, comm=job.world.comm(worker_id))
+                job.world.finish(worker_id, error)   # peers waiting on it stop waiting
+            end = perf_counter()
+            cpu = thread_time() - c0
+            stdout, stderr = job.capture.take()
+            run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=self.native_id,
+                            start=start - job.t0, end=end - job.t0, cpu=cpu, result=result,
+                            stdout=stdout, stderr=stderr)
+            if error is not None:
+                run.error, run.traceback = self.stopper.resolve(error)
+            job.done.put(run)
 
 
 class _Gang:
@@ -210,14 +205,14 @@ def run_threads(func, n, *, timeout=None, measure=None, progress=None,
 def _run(gang, func, n, timeout, measure, progress, world=None):
     with capture_threads() as capture, measured(measure) as done:
         job = _Job(func, n, capture, measure, world)
-        for worker_id, worker in enumerate(gang.workers):
-            ident = worker.thread.ident
-            capture.register(ident)
-            if measure is not None and worker.cpu_clock() is not None:
-                measure.register_clock(worker_id, worker.cpu_clock())
-            if progress is not None:
-                progress.watch_thread(worker_id, ident)
-        for worker_id, worker in enumerate(gang.workers):
+        workers = gang.workers
+        capture.register_all([worker.ident for worker in workers])
+        if measure is not None:
+            measure.register_clocks([worker.clock for worker in workers])
+        if progress is not None:
+            for worker_id, worker in enumerate(workers):
+                progress.watch_thread(worker_id, worker.ident)
+        for worker_id, worker in enumerate(workers):
             worker.post(job, worker_id)
         runs, notes = collect(job.done, n, job.t0, timeout, progress,
                               lambda runs, reason: _stop(gang, job, runs, reason))
@@ -248,7 +243,7 @@ def _stop(gang, job, runs, reason):
     stuck = [i for i in pending if i not in runs]
     for i in sorted(stuck, reverse=True):
         runs[i] = WorkerRun(worker_id=i, pid=os.getpid(),
-                            thread_id=gang.workers[i].thread.native_id, error=reason)
+                            thread_id=gang.workers[i].native_id, error=reason)
         gang.retire(i)
     if not stuck:
         return []
@@ -261,7 +256,7 @@ def _stop(gang, job, runs, reason):
 def gang_status():
     """Threads currently in the warm gang."""
     return {"threads": len(_gang.workers),
-            "thread_ids": [w.thread.native_id for w in _gang.workers]}
+            "thread_ids": [w.native_id for w in _gang.workers]}
 
 
 def shutdown():

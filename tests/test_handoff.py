@@ -100,3 +100,34 @@ def test_gate_wait_from_python_threads():
 def test_gate_rejects_no_workers():
     with pytest.raises(ValueError, match="n must be >= 1"):
         _core.Gate(0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_threads_on_a_gang_of_its_own():
+    # fork copies only the calling thread: the parent's warm gang is not in
+    # the child, whose first run must start threads of its own.
+    import os
+
+    import concmagic
+    assert concmagic.run(lambda worker_id, n_workers: worker_id, 3, "threads").results == [0, 1, 2]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            report = concmagic.run(lambda worker_id, n_workers: worker_id * 2, 3, "threads",
+                                   timeout=10)
+            code = 0 if report.results == [0, 2, 4] else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's run did not finish")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert concmagic.run(lambda worker_id, n_workers: worker_id, 3, "threads").results == [0, 1, 2]

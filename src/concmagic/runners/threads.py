@@ -178,6 +178,18 @@ class _Gang:
 _gang = _Gang()
 
 
+def _forget_gang():
+    # In a forked child the gang's threads do not exist (fork copies only
+    # the calling thread), and its lock may have been copied while held:
+    # a run there would post jobs that no thread takes, and wait forever.
+    global _gang
+    _gang = _Gang()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_gang)
+
+
 def run_threads(func, n, *, timeout=None, measure=None, progress=None,
                 comm_timeout=DEFAULT_TIMEOUT):
     """Run ``func(worker_id=i, n_workers=n)`` in n threads at once; a Report.

@@ -1,9 +1,9 @@
 """Starting the process gang's forkserver ahead of need (runners/prestart.py).
 
 ``%load_ext concmagic`` starts multiprocessing's forkserver in a background
-thread, so the first ``%%processes`` cell finds it booted; engine.run starts
-it before importing the processes runner. Neither may slow the caller, start
-a worker process, or leave a process behind when the kernel ends.
+thread, so the first ``%%processes`` cell finds it booted. It may not slow
+%load_ext, start a worker process, or leave a process behind when the kernel
+ends.
 """
 import os
 import subprocess
@@ -78,27 +78,6 @@ def test_the_first_run_in_processes_after_load_ext_is_correct():
         print(ip.run_cell_magic("processes", "-n 3 -q", "worker_id * 10"))
     """)
     assert lines[-2:] == ["[0, 10]", "[0, 10, 20]"]
-
-
-def test_engine_starts_the_forkserver_before_the_runner_loads():
-    lines = _python("""
-        import sys, concmagic
-        from multiprocessing import forkserver
-        from concmagic.runners import prestart
-        calls = []
-        original = prestart.forkserver
-        def spy():
-            calls.append("concmagic.runners.processes" in sys.modules)
-            return original()
-        prestart.forkserver = spy
-        ns = {"__name__": "__main__"}
-        exec("def f(worker_id, n_workers):\\n    return worker_id\\n", ns)
-        print(concmagic.run(ns["f"], 2, "processes").results)
-        print(concmagic.run(ns["f"], 2, "processes").results)
-        print(calls)
-    """)
-    # Called once, on the first run, before the runner module was imported.
-    assert lines == ["[0, 1]", "[0, 1]", "[False]"]
 
 
 def test_no_prestart_inside_a_worker_process():

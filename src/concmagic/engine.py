@@ -99,11 +99,6 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}; got {model!r}")
     if start_method is not None and model != "processes":
         raise ValueError(f"start_method applies to model='processes' only; got model={model!r}")
-    if model == "processes" and start_method in (None, "forkserver") \
-            and ("runners.processes", "run_processes") not in _loaded:
-        # The first run in processes: the forkserver boots (~0.1 s) while
-        # the runner and the measurement code are imported.
-        _imported("runners.prestart", "forkserver")()
     instruments = None
     if measure:
         Measurement = _imported("measure", "Measurement")

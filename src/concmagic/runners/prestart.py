@@ -3,21 +3,21 @@
 The first ``%%processes`` cell used to spend most of its time waiting for
 multiprocessing's forkserver: a new interpreter that imports
 multiprocessing, cloudpickle and concmagic's worker loop (~0.1 s) before it
-can fork the first worker. Two places start it earlier, and both return at
-once (the server boots in a process of its own):
+can fork the first worker. ``%load_ext concmagic`` now starts it in the
+background (``in_background()``: a daemon thread starts the server, which
+boots in a process of its own, and loads the measurement code), so that by
+the first ``%%processes`` cell only the forks are left.
 
-    forkserver()     engine.run, on the first run in processes, before it
-                     imports the runner: the boot overlaps those imports
-    in_background()  ``%load_ext concmagic``: a daemon thread starts the
-                     server (and loads the measurement code), so that by the
-                     first ``%%processes`` cell only the forks are left
+(Starting it from engine.run, before the runner's imports, was tried: on a
+2-core machine the server's boot, those imports and multiprocessing's
+resource tracker compete for the cores, and no first run got faster.)
 
 Nothing here starts a worker process: an extension that is loaded but never
 used for processes leaves one idle server, which ends with the kernel (it
 exits when its parent does: multiprocessing gives it the read end of a pipe
 whose write end only the parent holds). ``CONCMAGIC_PRESTART=0`` in the
-environment switches both off. Light on imports: this module is what lets
-the heavy ones happen in parallel.
+environment switches it off. Light on imports: %load_ext imports it, and
+the work happens in the thread.
 """
 import os
 import sys
@@ -42,8 +42,9 @@ def enabled():
 
 def forkserver():
     """Start multiprocessing's forkserver with concmagic's preload, if it is not
-    running yet; returns at once. False where it does not apply (no forkserver
-    on this system, switched off, or inside a concmagic worker process)."""
+    running yet; returns at once (True). False where it does not apply (no
+    forkserver on this system, switched off, or inside a concmagic worker
+    process)."""
     worker = sys.modules.get("concmagic.runners._worker")
     if worker is not None and getattr(worker, "_busy", False):
         return False                              # a cell in a worker process: no children

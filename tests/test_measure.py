@@ -254,7 +254,21 @@ def test_runs_at_once_make_their_own_instruments_and_the_shelf_keeps_one_of_each
     assert report.results == [[0, 1]] * 3
     assert len(measure.instrument_threads()) == 2
     assert measure.instrument_threads() <= _all_tasks()
+    # The inner runs' own gangs end too; an ending thread leaves
+    # threading.enumerate() a moment before /proc/self/task.
+    deadline = time.monotonic() + 5
+    while _native_only() != native and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert _native_only() == native
+
+
+def test_shutdown_ends_the_instruments_threads_too():
+    concmagic.run(lambda worker_id, n_workers: None, 2, "threads")
+    parked = measure.instrument_threads()
+    assert len(parked) == 2
+    concmagic.shutdown()
+    assert measure.instrument_threads() == set()
+    assert not parked & _all_tasks()
 
 
 def test_close_instruments_ends_the_threads_and_the_next_run_starts_new_ones():

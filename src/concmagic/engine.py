@@ -128,11 +128,14 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
 
 
 def shutdown():
-    """Stop the warm worker threads, event loop and processes (restarted when needed)."""
+    """Stop the warm worker threads, event loop and processes, and the
+    measurement's parked threads (all restarted when needed)."""
+    from .measure import close_instruments
     from .runners import aio, processes, threads
     threads.shutdown()
     aio.shutdown()
     processes.shutdown()
+    close_instruments()
 
 
 def status():

@@ -21,6 +21,7 @@ from concmagic.cell import MISSING
 from concmagic.errors import RunTimeout, WorkerDied, WorkerError
 from concmagic.magics import ConcMagic
 from concmagic.report import Report
+from concmagic.runners import prestart
 
 MODELS = ("threads", "processes")
 N_WORKERS = (1, 3)
@@ -33,6 +34,9 @@ N_WORKERS = (1, 3)
 def shell():
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "concmagic")
+    # The forkserver it starts in the background is up before any test
+    # counts processes.
+    prestart.wait(60)
     yield ip
     with capture_output():
         ip.run_line_magic("concmagic", "shutdown")

@@ -44,9 +44,13 @@ def __dir__():
 
 
 def load_ipython_extension(ip):
-    """Called by ``%load_ext concmagic``: registers the magics, nothing more."""
+    """Called by ``%load_ext concmagic``: registers the magics, and starts the
+    process gang's forkserver in the background (concmagic.runners.prestart;
+    ``CONCMAGIC_PRESTART=0`` switches that off)."""
     from .magics import ConcMagic
+    from .runners import prestart
 
+    prestart.in_background()
     magics = ConcMagic(shell=ip)
     ip.register_magics(magics)
     # Listed among the shell's configurables, so `%config ConcMagic.workers = 4` works.

@@ -388,15 +388,33 @@ def io_wait_nogil(seconds):
 # Both run on threads of their own that hold no GIL while they work, so they
 # cost the measured code almost nothing: the sampler never touches Python at
 # all, and the probe touches it only for the instant it measures.
+#
+# Each instrument's thread is started by its first start() and then kept:
+# between runs it is parked on a condition variable (no CPU, no GIL), and
+# start()/stop() arm and disarm it. Creating and joining two threads per run
+# cost ~0.4 ms, more than handing an empty cell to eight workers.
+#
+# Neither start() nor stop() waits for the instrument's thread. The buffers
+# are guarded by the instrument's mutex, which its thread holds whenever it
+# touches them and lets go of while it sleeps (and, the probe, while it asks
+# for the GIL). So the caller itself takes the first and last CPU samples,
+# and accounts for a GIL probe that is still waiting at stop() as a wait up
+# to that moment. The thread notices at its next wake-up that its run is
+# over (a generation number says which run it was armed for) and parks.
+#
+# The thread ends on close() (or when the object is freed). After a fork the
+# child has no such thread (fork copies only the calling one): each
+# instrument notes the pid that started its thread and starts a new one in
+# a new process.
 
 from posix.types cimport clockid_t, pid_t
+from posix.unistd cimport getpid
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 from libc.math cimport NAN
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t* thread, void* attr,
-                       void* (*start)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t thread, void** retval)
     pthread_t pthread_self()
     int pthread_getcpuclockid(pthread_t thread, clockid_t* clock)
@@ -416,62 +434,127 @@ cdef extern from *:
     int cm_load(atomic_int* p) noexcept nogil
     void cm_store(atomic_int* p, int v) noexcept nogil
 
-# A stop flag that can also wake a sleeper: the instruments sleep between
-# readings, and stop() must not wait out a whole sleep (a run of an empty cell
-# lasts far less than the sampler's millisecond). A condition variable on the
-# monotonic clock does both.
+# The seat of an instrument thread: one mutex, one condition variable on the
+# monotonic clock (`wake`: armed, or exit), the state and the generation of
+# the run it is armed for. The mutex is never held while waiting for the
+# GIL, on either side, so the caller may take it with the GIL held.
 cdef extern from *:
     """
     #include <errno.h>
     #include <pthread.h>
+    #include <signal.h>
+    #include <sys/syscall.h>
     #include <time.h>
+    #include <unistd.h>
+    enum { CM_PARKED = 0, CM_ARMED = 1, CM_EXIT = 2 };
     typedef struct {
         pthread_mutex_t lock;
         pthread_cond_t wake;
-        atomic_int stop;
-    } cm_stopper;
-    static void cm_stopper_init(cm_stopper *s) {
+        int state;                /* CM_PARKED, CM_ARMED or CM_EXIT; under lock */
+        unsigned gen;             /* bumped by each arm; under lock */
+        atomic_int tid;           /* the thread's native id (0: not started yet) */
+    } cm_control;
+    static void cm_control_init(cm_control *c) {
         pthread_condattr_t attr;
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&s->wake, &attr);
+        pthread_cond_init(&c->wake, &attr);
         pthread_condattr_destroy(&attr);
-        pthread_mutex_init(&s->lock, NULL);
-        atomic_store(&s->stop, 0);
+        pthread_mutex_init(&c->lock, NULL);
+        atomic_store(&c->tid, 0);
+        c->state = CM_PARKED;
+        c->gen = 0;
     }
-    static void cm_stopper_destroy(cm_stopper *s) {
-        pthread_cond_destroy(&s->wake);
-        pthread_mutex_destroy(&s->lock);
+    static void cm_control_destroy(cm_control *c) {
+        pthread_cond_destroy(&c->wake);
+        pthread_mutex_destroy(&c->lock);
     }
-    static int cm_stopped(cm_stopper *s) { return atomic_load(&s->stop); }
-    /* Sleep for ns nanoseconds or until stopped; 1 if stopped. */
-    static int cm_stopper_sleep(cm_stopper *s, long ns) {
+    static void cm_lock(cm_control *c) { pthread_mutex_lock(&c->lock); }
+    static void cm_unlock(cm_control *c) { pthread_mutex_unlock(&c->lock); }
+    static int cm_control_tid(cm_control *c) { return atomic_load(&c->tid); }
+    static int cm_armed(cm_control *c) { return c->state == CM_ARMED; }
+
+    /* --- the caller's side, with the lock held --- */
+    /* Back to parked, before a new thread is started on it (none runs now). */
+    static void cm_reset_locked(cm_control *c) {
+        atomic_store(&c->tid, 0);
+        c->state = CM_PARKED;
+    }
+    static void cm_arm_locked(cm_control *c) {
+        c->state = CM_ARMED;
+        c->gen++;
+    }
+    /* After cm_arm_locked, with the lock let go: a thread woken while the
+       lock is still held would only wake to wait for it. */
+    static void cm_wake(cm_control *c) { pthread_cond_broadcast(&c->wake); }
+    static void cm_disarm_locked(cm_control *c) {
+        /* No wake-up: the thread finds out when its sleep ends, and parks. */
+        if (c->state == CM_ARMED) c->state = CM_PARKED;
+    }
+    static void cm_exit(cm_control *c) {
+        pthread_mutex_lock(&c->lock);
+        c->state = CM_EXIT;
+        pthread_cond_broadcast(&c->wake);
+        pthread_mutex_unlock(&c->lock);
+    }
+
+    /* --- the thread's side, with the lock held --- */
+    /* Park until armed; 0 when told to exit, else 1 and the run's generation. */
+    static int cm_wait_armed_locked(cm_control *c, unsigned *gen) {
+        if (!atomic_load(&c->tid)) atomic_store(&c->tid, (int)syscall(SYS_gettid));
+        while (c->state == CM_PARKED) pthread_cond_wait(&c->wake, &c->lock);
+        *gen = c->gen;
+        return c->state == CM_ARMED;
+    }
+    /* Sleep ns (the lock is let go meanwhile); 1 if run `gen` is still on
+       when the time is up, 0 as soon as it is over (stopped, re-armed, exit). */
+    static int cm_sleep_locked(cm_control *c, unsigned gen, long ns) {
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += ns / 1000000000L;
         until.tv_nsec += ns % 1000000000L;
         if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
-        pthread_mutex_lock(&s->lock);
-        while (!atomic_load(&s->stop)) {
-            if (pthread_cond_timedwait(&s->wake, &s->lock, &until) == ETIMEDOUT) break;
+        while (c->state == CM_ARMED && c->gen == gen) {
+            if (pthread_cond_timedwait(&c->wake, &c->lock, &until) == ETIMEDOUT)
+                return c->state == CM_ARMED && c->gen == gen;
         }
-        pthread_mutex_unlock(&s->lock);
-        return atomic_load(&s->stop);
+        return 0;
     }
-    static void cm_stopper_stop(cm_stopper *s) {
-        pthread_mutex_lock(&s->lock);
-        atomic_store(&s->stop, 1);
-        pthread_cond_broadcast(&s->wake);
-        pthread_mutex_unlock(&s->lock);
+    static int cm_still_on(cm_control *c, unsigned gen) {
+        return c->state == CM_ARMED && c->gen == gen;
+    }
+
+    /* Start a thread with every signal blocked: a process-directed signal
+       (Ctrl-C's SIGINT) must go to a Python thread, never to an instrument
+       that lives as long as the process. */
+    static int cm_start_thread(pthread_t *thread, void *(*main)(void *), void *arg) {
+        sigset_t all, old;
+        int err;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        err = pthread_create(thread, NULL, main, arg);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return err;
     }
     """
-    ctypedef struct cm_stopper:
+    ctypedef struct cm_control:
         pass
-    void cm_stopper_init(cm_stopper* s) noexcept nogil
-    void cm_stopper_destroy(cm_stopper* s) noexcept nogil
-    int cm_stopped(cm_stopper* s) noexcept nogil
-    int cm_stopper_sleep(cm_stopper* s, long ns) noexcept nogil
-    void cm_stopper_stop(cm_stopper* s) noexcept nogil
+    void cm_control_init(cm_control* c) noexcept nogil
+    void cm_control_destroy(cm_control* c) noexcept nogil
+    void cm_lock(cm_control* c) noexcept nogil
+    void cm_unlock(cm_control* c) noexcept nogil
+    int cm_control_tid(cm_control* c) noexcept nogil
+    int cm_armed(cm_control* c) noexcept nogil
+    void cm_reset_locked(cm_control* c) noexcept nogil
+    void cm_arm_locked(cm_control* c) noexcept nogil
+    void cm_wake(cm_control* c) noexcept nogil
+    void cm_disarm_locked(cm_control* c) noexcept nogil
+    void cm_exit(cm_control* c) noexcept nogil
+    int cm_wait_armed_locked(cm_control* c, unsigned* gen) noexcept nogil
+    int cm_sleep_locked(cm_control* c, unsigned gen, long ns) noexcept nogil
+    int cm_still_on(cm_control* c, unsigned gen) noexcept nogil
+    int cm_start_thread(pthread_t* thread, void* (*main)(void*) noexcept nogil,
+                        void* arg) noexcept nogil
 
 cdef enum:
     MAX_SLOTS = 1024            # workers one sampler can follow
@@ -484,15 +567,97 @@ cdef inline void _sleep_ns(long ns) noexcept nogil:
     nanosleep(&ts, NULL)
 
 
+cdef class _Instrument:
+    """What the sampler and the probe share: a parked thread and its seat.
+
+    One caller at a time per instrument (measure.py's shelf hands each to
+    one run). ``thread_pid`` is the process whose thread this is (0: none
+    started); ``armed`` is true between start() and stop().
+    """
+    cdef cm_control* control
+    cdef pthread_t thread
+    cdef pid_t thread_pid
+    cdef bint armed
+
+    cdef int _alloc_control(self) except -1:
+        self.control = <cm_control*>calloc(1, sizeof(cm_control))
+        if self.control == NULL:
+            raise MemoryError()
+        cm_control_init(self.control)
+        return 0
+
+    cdef bint _thread_here(self) noexcept:
+        """True if this process has the thread (a forked child has not)."""
+        if self.thread_pid != 0 and self.thread_pid != getpid():
+            # Inherited through fork: the thread stayed in the parent, and
+            # the mutex may have been copied while held. Start afresh.
+            self.thread_pid = 0
+            self.armed = False
+            cm_control_init(self.control)
+        return self.thread_pid != 0
+
+    cdef int _ensure_thread(self, void* (*main)(void*) noexcept nogil, void* state) except -1:
+        """Start the thread if this process has none yet (the lock is not held)."""
+        if not self._thread_here():
+            cm_reset_locked(self.control)          # parked: it waits to be armed
+            if cm_start_thread(&self.thread, main, state) != 0:
+                raise OSError(f"could not start the {type(self).__name__} thread")
+            self.thread_pid = getpid()
+        return 0
+
+    cdef bint _is_running(self) noexcept:
+        return self._thread_here() and self.armed
+
+    def close(self):
+        """End the thread (it is started again by the next start())."""
+        if self._thread_here():
+            cm_exit(self.control)
+            with nogil:                           # the probe needs the GIL to leave
+                pthread_join(self.thread, NULL)
+            self.thread_pid = 0
+        self.armed = False
+
+    @property
+    def parked(self):
+        """True when a thread exists here and waits between runs."""
+        return self._thread_here() and not self.armed
+
+    @property
+    def native_id(self):
+        """The thread's native id (as in /proc/self/task), None when it has none here."""
+        if not self._thread_here():
+            return None
+        cdef int tid = cm_control_tid(self.control)
+        return tid if tid else None              # started, not yet running
+
+    @property
+    def running(self):
+        """True between start() and stop()."""
+        return self._is_running()
+
+    def _free_control(self):
+        if self.control == NULL:
+            return
+        if self.thread_pid == getpid() or self.thread_pid == 0:
+            self.close()
+            cm_control_destroy(self.control)
+        # else: a forked copy, whose mutex may be held by a thread that is not
+        # here; destroying it would be undefined, and freeing is enough.
+        free(self.control)
+        self.control = NULL
+
+
 # ---------------------------------------------------------------------------
 # The CPU sampler
 # ---------------------------------------------------------------------------
 cdef struct SamplerState:
-    cm_stopper stop
+    cm_control* control
     atomic_int ready[MAX_SLOTS]     # 1 once clocks[i] holds a valid clock
     clockid_t clocks[MAX_SLOTS]
     int n_slots
-    long interval_ns
+    int slots_allocated             # columns the cpu buffer has room for
+    long interval_ns                # now (it doubles as a run grows long)
+    long start_interval_ns          # at the start of each run
     Py_ssize_t capacity             # samples the buffers hold
     Py_ssize_t count                # samples taken so far
     double* t                       # [capacity] when each sample was taken
@@ -502,7 +667,10 @@ cdef struct SamplerState:
 cdef void _take_sample(SamplerState* s) noexcept nogil:
     cdef timespec ts
     cdef int i
-    cdef double* row = s.cpu + s.count * s.n_slots
+    cdef double* row
+    if s.count == s.capacity:
+        _halve(s)
+    row = s.cpu + s.count * s.n_slots
     s.t[s.count] = _now()
     for i in range(s.n_slots):
         # A slot's clock may vanish (its thread or process ended): NaN says
@@ -528,30 +696,31 @@ cdef void _halve(SamplerState* s) noexcept nogil:
 cdef void* _sampler_main(void* arg) noexcept nogil:
     # Runs on its own native thread and never takes the GIL: everything it
     # touches is in the SamplerState, which the Sampler object keeps alive
-    # until this thread has been joined.
+    # until this thread has been joined, and it touches it only with the
+    # lock held (the lock is let go while it sleeps).
     cdef SamplerState* s = <SamplerState*>arg
-    while True:
-        if s.count == s.capacity:
-            _halve(s)
-        _take_sample(s)
-        if cm_stopped(&s.stop) or cm_stopper_sleep(&s.stop, s.interval_ns):
-            if s.count == s.capacity:
-                _halve(s)
-            _take_sample(s)                # the last sample is taken at stop
-            return NULL
+    cdef unsigned gen
+    cm_lock(s.control)
+    while cm_wait_armed_locked(s.control, &gen):
+        while cm_sleep_locked(s.control, gen, s.interval_ns):
+            _take_sample(s)
+    cm_unlock(s.control)
+    return NULL
 
 
-cdef class Sampler:
+cdef class Sampler(_Instrument):
     """Samples the CPU clocks of registered threads/processes every ~1 ms.
 
     ``register_thread(slot)`` is called by a worker thread for itself;
+    ``register_clock(slot, clock)`` by a runner for a worker thread;
     ``register_pid(slot, pid)`` follows a whole worker process. ``stop()``
     returns ``(t, cpu)``: sample times (monotonic seconds, same clock as
-    time.perf_counter) and CPU seconds per slot (NaN where unknown).
+    time.perf_counter) and CPU seconds per slot (NaN where unknown). Each
+    start() begins a new series, whose first and last samples are taken by
+    the caller of start() and stop(); ``resize(n_slots)`` fits a stopped
+    sampler to the next run's workers.
     """
     cdef SamplerState* s
-    cdef pthread_t thread
-    cdef bint running
 
     def __cinit__(self, int n_slots, double interval=0.001, Py_ssize_t capacity=8192):
         if not 0 < n_slots <= MAX_SLOTS:
@@ -563,29 +732,51 @@ cdef class Sampler:
         self.s = <SamplerState*>calloc(1, sizeof(SamplerState))
         if self.s == NULL:
             raise MemoryError()
-        cm_stopper_init(&self.s.stop)
-        self.s.n_slots = n_slots
-        self.s.interval_ns = <long>(interval * 1e9)
+        self._alloc_control()
+        self.s.control = self.control
+        self.s.start_interval_ns = self.s.interval_ns = <long>(interval * 1e9)
         self.s.capacity = capacity
         self.s.t = <double*>calloc(capacity, sizeof(double))
-        self.s.cpu = <double*>calloc(capacity * n_slots, sizeof(double))
-        if self.s.t == NULL or self.s.cpu == NULL:
+        if self.s.t == NULL:
             raise MemoryError()
+        self._set_slots(n_slots)
+
+    cdef int _set_slots(self, int n_slots) except -1:
+        cdef double* cpu
+        if n_slots > self.s.slots_allocated:
+            cpu = <double*>calloc(self.s.capacity * n_slots, sizeof(double))
+            if cpu == NULL:
+                raise MemoryError()
+            free(self.s.cpu)
+            self.s.cpu = cpu
+            self.s.slots_allocated = n_slots
+        self.s.n_slots = n_slots
+        return 0
 
     def __dealloc__(self):
-        if self.running:                    # never free under a live thread
-            cm_stopper_stop(&self.s.stop)
-            with nogil:
-                pthread_join(self.thread, NULL)
+        self._free_control()                 # ends the thread before the buffers go
         if self.s != NULL:
             free(self.s.t)
             free(self.s.cpu)
-            cm_stopper_destroy(&self.s.stop)
             free(self.s)
 
     def _check_slot(self, int slot):
         if not 0 <= slot < self.s.n_slots:
             raise ValueError(f"slot must be in 0..{self.s.n_slots - 1}; got {slot}")
+
+    def resize(self, int n_slots):
+        """Follow ``n_slots`` workers from the next start() (not while running)."""
+        if self._is_running():
+            raise RuntimeError("the sampler is running")
+        if not 0 < n_slots <= MAX_SLOTS:
+            raise ValueError(f"n_slots must be in 1..{MAX_SLOTS}; got {n_slots}")
+        # The thread, if any, may still be finishing a sleep of the last run,
+        # but it takes the lock before it looks at the buffers.
+        cm_lock(self.control)
+        try:
+            self._set_slots(n_slots)
+        finally:
+            cm_unlock(self.control)
 
     def register_thread(self, int slot):
         """Follow the calling thread's CPU clock in ``slot``."""
@@ -593,6 +784,22 @@ cdef class Sampler:
         if pthread_getcpuclockid(pthread_self(), &self.s.clocks[slot]) != 0:
             raise OSError("pthread_getcpuclockid failed")
         cm_store(&self.s.ready[slot], 1)
+
+    def register_clock(self, int slot, clockid_t clock):
+        """Follow CPU clock ``clock`` in ``slot``: a thread's, from
+        time.pthread_getcpuclockid(ident), so that the runner can register
+        its workers itself instead of each worker registering on its way in."""
+        self._check_slot(slot)
+        self.s.clocks[slot] = clock
+        cm_store(&self.s.ready[slot], 1)
+
+    def register_clocks(self, clocks):
+        """``register_clock`` for slots 0, 1, ... in turn; None skips a slot."""
+        cdef int slot = 0
+        for clock in clocks:
+            if clock is not None:
+                self.register_clock(slot, clock)
+            slot += 1
 
     def register_pid(self, int slot, pid_t pid):
         """Follow process ``pid``'s CPU clock (all its threads) in ``slot``."""
@@ -603,24 +810,41 @@ cdef class Sampler:
         cm_store(&self.s.ready[slot], 1)
 
     def start(self):
-        if self.running:
+        """Begin a new series (slots unregistered, the first interval again)."""
+        cdef int i
+        if self._is_running():
             raise RuntimeError("the sampler is already running")
-        if pthread_create(&self.thread, NULL, _sampler_main, self.s) != 0:
-            raise OSError("could not start the sampler thread")
-        self.running = True
+        self._ensure_thread(_sampler_main, self.s)
+        cm_lock(self.control)
+        self.s.count = 0
+        self.s.interval_ns = self.s.start_interval_ns
+        for i in range(self.s.n_slots):
+            cm_store(&self.s.ready[i], 0)
+        _take_sample(self.s)                      # the first sample, here and now
+        cm_arm_locked(self.control)
+        cm_unlock(self.control)
+        cm_wake(self.control)
+        self.armed = True
 
     def stop(self):
         """Stop sampling; returns (t, cpu) as lists (cpu: one list per sample)."""
-        if self.running:
-            cm_stopper_stop(&self.s.stop)
-            with nogil:
-                pthread_join(self.thread, NULL)
-            self.running = False
+        if self._is_running():
+            cm_lock(self.control)
+            _take_sample(self.s)                  # the last sample, here and now
+            cm_disarm_locked(self.control)
+            cm_unlock(self.control)
+        self.armed = False
+        # The thread no longer writes: its next look (under the lock) finds
+        # the run over, and a new one is armed only by start().
         cdef Py_ssize_t k
         cdef int n = self.s.n_slots
         t = [self.s.t[k] for k in range(self.s.count)]
         cpu = [[self.s.cpu[k * n + i] for i in range(n)] for k in range(self.s.count)]
         return t, cpu
+
+    @property
+    def n_slots(self):
+        return self.s.n_slots
 
     @property
     def interval(self):
@@ -639,10 +863,11 @@ cdef class Sampler:
 # returns. So "waiting / (waiting + sleeping)" estimates how busy the GIL was.
 # Waits are summed into time bins, so a long run keeps bounded memory.
 cdef struct ProbeState:
-    cm_stopper stop
+    cm_control* control
     atomic_int ready               # 1 once the probe thread has its thread state
     long interval_ns
-    double bin_width               # seconds per bin; doubles when bins run out
+    double start_bin_width         # seconds per bin at the start of each run
+    double bin_width               # now; doubles when bins run out
     double t0
     Py_ssize_t n_bins              # capacity
     Py_ssize_t used                # bins touched so far
@@ -651,6 +876,8 @@ cdef struct ProbeState:
     double total_wait
     double total_span
     long probes
+    double asked                   # when the probe now waiting asked (0: none waits)
+    double asked_slept_from        # when that probe's sleep began
 
 
 cdef void _probe_merge(ProbeState* p) noexcept nogil:
@@ -665,48 +892,64 @@ cdef void _probe_merge(ProbeState* p) noexcept nogil:
     p.used = (p.used + 1) // 2
 
 
+cdef void _probe_record(ProbeState* p, double start, double asked, double got) noexcept nogil:
+    """One probe: slept from ``start``, asked for the GIL at ``asked``, got it at ``got``."""
+    cdef Py_ssize_t b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+    while b >= p.n_bins:
+        _probe_merge(p)
+        b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
+    p.wait[b] += got - asked
+    p.span[b] += got - start
+    if b + 1 > p.used:
+        p.used = b + 1
+    p.total_wait += got - asked
+    p.total_span += got - start
+    p.probes += 1
+
+
 cdef void* _probe_main(void* arg) noexcept nogil:
     cdef ProbeState* p = <ProbeState*>arg
     cdef double start, asked, got
-    cdef Py_ssize_t b
+    cdef unsigned gen
     # `with gil` in a thread Python did not create makes a thread state for
     # it; the nested `with nogil` gives the GIL straight back. Inside, each
-    # `with gil` re-takes the GIL with that same thread state (no churn).
+    # `with gil` re-takes the GIL with that same thread state (no churn),
+    # run after run: the thread state is kept while the thread is parked.
     with gil:
         with nogil:
             cm_store(&p.ready, 1)
-            while not cm_stopped(&p.stop):
-                start = _now()
-                if cm_stopper_sleep(&p.stop, p.interval_ns):
-                    break
-                asked = _now()
-                with gil:
-                    pass                   # the whole probe: get it, let go
-                got = _now()
-                b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
-                while b >= p.n_bins:
-                    _probe_merge(p)
-                    b = <Py_ssize_t>((asked - p.t0) / p.bin_width)
-                p.wait[b] += got - asked
-                p.span[b] += got - start
-                if b + 1 > p.used:
-                    p.used = b + 1
-                p.total_wait += got - asked
-                p.total_span += got - start
-                p.probes += 1
+            cm_lock(p.control)
+            while cm_wait_armed_locked(p.control, &gen):
+                while True:
+                    start = _now()
+                    if not cm_sleep_locked(p.control, gen, p.interval_ns):
+                        break
+                    asked = _now()
+                    p.asked = asked                # stop() counts it if it comes first
+                    p.asked_slept_from = start
+                    cm_unlock(p.control)           # never held while waiting for the GIL
+                    with gil:
+                        pass                       # the whole probe: get it, let go
+                    got = _now()
+                    cm_lock(p.control)
+                    if not cm_still_on(p.control, gen):
+                        break                      # stop() has counted it, up to its call
+                    p.asked = 0
+                    _probe_record(p, start, asked, got)
+            cm_unlock(p.control)
     return NULL
 
 
-cdef class GilProbe:
+cdef class GilProbe(_Instrument):
     """Measures how busy the GIL is, from a native thread (see above).
 
     ``start()``, then ``stop()`` returns a dict: ``wait_fraction`` (total wait
     / total probe time), ``probes``, and per-bin ``t`` (bin starts, seconds
-    since start), ``wait`` and ``span``.
+    since start), ``wait`` and ``span``. Each start() begins a new record; the
+    thread waits parked between runs. A probe still waiting for the GIL at
+    stop() counts as a wait until then.
     """
     cdef ProbeState* p
-    cdef pthread_t thread
-    cdef bint running
 
     def __cinit__(self, double interval=0.0005, double bin_width=0.005, Py_ssize_t n_bins=4096):
         if not interval > 0 or not bin_width > 0 or n_bins < 2:
@@ -714,9 +957,10 @@ cdef class GilProbe:
         self.p = <ProbeState*>calloc(1, sizeof(ProbeState))
         if self.p == NULL:
             raise MemoryError()
-        cm_stopper_init(&self.p.stop)
+        self._alloc_control()
+        self.p.control = self.control
         self.p.interval_ns = <long>(interval * 1e9)
-        self.p.bin_width = bin_width
+        self.p.start_bin_width = self.p.bin_width = bin_width
         self.p.n_bins = n_bins
         self.p.wait = <double*>calloc(n_bins, sizeof(double))
         self.p.span = <double*>calloc(n_bins, sizeof(double))
@@ -724,37 +968,54 @@ cdef class GilProbe:
             raise MemoryError()
 
     def __dealloc__(self):
-        if self.running:
-            cm_stopper_stop(&self.p.stop)
-            with nogil:                     # the probe needs the GIL to finish
-                pthread_join(self.thread, NULL)
+        self._free_control()                 # ends the thread before the buffers go
         if self.p != NULL:
             free(self.p.wait)
             free(self.p.span)
-            cm_stopper_destroy(&self.p.stop)
             free(self.p)
 
     def start(self):
-        if self.running:
+        if self._is_running():
             raise RuntimeError("the probe is already running")
+        if not self._thread_here():
+            cm_store(&self.p.ready, 0)
+        self._ensure_thread(_probe_main, self.p)
+        cm_lock(self.control)
+        # Bins past `used` are still zero (merging zeroes what it frees).
+        memset(self.p.wait, 0, self.p.used * sizeof(double))
+        memset(self.p.span, 0, self.p.used * sizeof(double))
+        self.p.used = 0
+        self.p.bin_width = self.p.start_bin_width
+        self.p.total_wait = self.p.total_span = 0
+        self.p.probes = 0
+        self.p.asked = 0
         self.p.t0 = _now()
-        if pthread_create(&self.thread, NULL, _probe_main, self.p) != 0:
-            raise OSError("could not start the GIL probe thread")
-        self.running = True
-        # The probe's first act is to take the GIL once, to get a thread
+        cm_arm_locked(self.control)
+        cm_unlock(self.control)
+        cm_wake(self.control)
+        self.armed = True
+        # A new thread's first act is to take the GIL once, to get a thread
         # state; wait for that with the GIL released, or a worker that takes
         # the GIL and keeps it would leave the probe blind for the whole run.
-        with nogil:
-            while not cm_load(&self.p.ready):
-                _sleep_ns(20000)
+        # A parked thread has had its thread state since its first run.
+        if not cm_load(&self.p.ready):
+            with nogil:
+                while not cm_load(&self.p.ready):
+                    _sleep_ns(20000)
 
     def stop(self):
-        if self.running:
-            cm_stopper_stop(&self.p.stop)
-            # Joined without the GIL: the probe may be waiting for it.
-            with nogil:
-                pthread_join(self.thread, NULL)
-            self.running = False
+        cdef double now
+        if self._is_running():
+            cm_lock(self.control)
+            if self.p.asked != 0:
+                # A probe is waiting for the GIL right now (this caller may
+                # well hold it): it has waited until now, and counts so.
+                now = _now()
+                _probe_record(self.p, self.p.asked_slept_from, self.p.asked, now)
+                self.p.asked = 0
+            cm_disarm_locked(self.control)
+            cm_unlock(self.control)
+        self.armed = False
         cdef Py_ssize_t k
         return {
             "wait_fraction": self.p.total_wait / self.p.total_span if self.p.total_span > 0 else None,
@@ -766,3 +1027,199 @@ cdef class GilProbe:
             "wait": [self.p.wait[k] for k in range(self.p.used)],
             "span": [self.p.span[k] for k in range(self.p.used)],
         }
+
+
+# ===========================================================================
+# Hand-off: warm worker threads that wait for a job without the GIL
+# ===========================================================================
+# The threads runner keeps a gang of worker threads and, each run, hands
+# every one of them the same job; they must then start together (a start
+# gate: no cell starts before every worker has come). With Python objects
+# (a queue per worker, a lock-based gate) each worker slept and woke three
+# times a run: for its queue, at the gate, and for the GIL, and it took the
+# GIL twice, one worker after another. Here a worker waits for its job on a
+# Seat and arrives at the job's Gate without the GIL, then asks for the GIL
+# once; by the time it gets it the others have nearly always arrived too
+# (they need no GIL to arrive), so it passes the gate without sleeping
+# again. Only when one is still missing does it let go of the GIL and wait.
+cdef extern from *:
+    """
+    typedef struct {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int left;                 /* workers yet to arrive; the gate opens at 0 */
+    } cm_gate;
+    typedef struct {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int posted;               /* 0 nothing, 1 a job, 2 exit */
+        cm_gate *gate;            /* the posted job's gate (or NULL) */
+    } cm_seat;
+    static void cm_gate_init(cm_gate *g, int n) {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&g->cond, &attr);
+        pthread_condattr_destroy(&attr);
+        pthread_mutex_init(&g->lock, NULL);
+        g->left = n;
+    }
+    static void cm_gate_destroy(cm_gate *g) {
+        pthread_cond_destroy(&g->cond);
+        pthread_mutex_destroy(&g->lock);
+    }
+    /* Arrive; the last to come opens the gate (and wakes any waiter). */
+    static void cm_gate_arrive(cm_gate *g) {
+        pthread_mutex_lock(&g->lock);
+        if (--g->left == 0) pthread_cond_broadcast(&g->cond);
+        pthread_mutex_unlock(&g->lock);
+    }
+    static int cm_gate_open(cm_gate *g) {
+        int open;
+        pthread_mutex_lock(&g->lock);
+        open = g->left <= 0;
+        pthread_mutex_unlock(&g->lock);
+        return open;
+    }
+    /* Wait until the gate opens, or `timeout_ns` has passed (a laggard). */
+    static void cm_gate_wait(cm_gate *g, long timeout_ns) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += timeout_ns / 1000000000L;
+        until.tv_nsec += timeout_ns % 1000000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
+        pthread_mutex_lock(&g->lock);
+        while (g->left > 0) {
+            if (pthread_cond_timedwait(&g->cond, &g->lock, &until) == ETIMEDOUT) break;
+        }
+        pthread_mutex_unlock(&g->lock);
+    }
+    static void cm_seat_init(cm_seat *s) {
+        pthread_cond_init(&s->cond, NULL);
+        pthread_mutex_init(&s->lock, NULL);
+        s->posted = 0;
+        s->gate = NULL;
+    }
+    static void cm_seat_destroy(cm_seat *s) {
+        pthread_cond_destroy(&s->cond);
+        pthread_mutex_destroy(&s->lock);
+    }
+    static void cm_seat_post(cm_seat *s, int what, cm_gate *gate) {
+        pthread_mutex_lock(&s->lock);
+        if (s->posted != 2) {     /* an exit, once posted, stays */
+            s->posted = what;
+            s->gate = gate;
+        }
+        pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+    }
+    /* Wait for a post; for a job, arrive at its gate. 1: a job, 0: exit. */
+    static int cm_seat_wait(cm_seat *s) {
+        int what;
+        cm_gate *gate;
+        pthread_mutex_lock(&s->lock);
+        while (s->posted == 0) pthread_cond_wait(&s->cond, &s->lock);
+        what = s->posted;
+        gate = s->gate;
+        if (what == 1) s->posted = 0;
+        pthread_mutex_unlock(&s->lock);
+        if (what != 1) return 0;
+        if (gate != NULL) cm_gate_arrive(gate);
+        return 1;
+    }
+    """
+    ctypedef struct cm_gate:
+        pass
+    ctypedef struct cm_seat:
+        pass
+    void cm_gate_init(cm_gate* g, int n) noexcept nogil
+    void cm_gate_destroy(cm_gate* g) noexcept nogil
+    void cm_gate_arrive(cm_gate* g) noexcept nogil
+    int cm_gate_open(cm_gate* g) noexcept nogil
+    void cm_gate_wait(cm_gate* g, long timeout_ns) noexcept nogil
+    void cm_seat_init(cm_seat* s) noexcept nogil
+    void cm_seat_destroy(cm_seat* s) noexcept nogil
+    void cm_seat_post(cm_seat* s, int what, cm_gate* gate) noexcept nogil
+    int cm_seat_wait(cm_seat* s) noexcept nogil
+
+
+cdef class Gate:
+    """A one-shot start gate for ``n`` workers: each waits until all have come.
+
+    ``wait(timeout)`` may be called by a Python thread; worker threads on a
+    Seat arrive without the GIL (Seat.wait). After ``timeout`` seconds a
+    waiter gives up on a laggard and goes on.
+    """
+    cdef cm_gate* g
+
+    def __cinit__(self, int n):
+        if n < 1:
+            raise ValueError(f"n must be >= 1; got {n}")
+        self.g = <cm_gate*>calloc(1, sizeof(cm_gate))
+        if self.g == NULL:
+            raise MemoryError()
+        cm_gate_init(self.g, n)
+
+    def __dealloc__(self):
+        if self.g != NULL:
+            cm_gate_destroy(self.g)
+            free(self.g)
+
+    def wait(self, double timeout):
+        """Arrive, and wait until all have (or ``timeout`` seconds have passed)."""
+        cdef long ns = <long>(timeout * 1e9)
+        with nogil:
+            cm_gate_arrive(self.g)
+            cm_gate_wait(self.g, ns)
+
+    cdef void _wait_open(self, long timeout_ns) noexcept:
+        # Called with the GIL; it is let go only if the gate is still shut.
+        if not cm_gate_open(self.g):
+            with nogil:
+                cm_gate_wait(self.g, timeout_ns)
+
+
+cdef class Seat:
+    """Where one warm worker thread waits for its next job, without the GIL.
+
+    The runner calls ``post(gate)`` (a job: its data is the caller's to pass
+    along, set before posting) or ``post_exit()``; the worker thread loops on
+    ``wait(timeout)``, which returns True for a job, once it has also passed
+    the job's gate (or given up on a laggard after ``timeout`` seconds), and
+    False when told to exit. One post is kept until taken, so a post made
+    while the worker is still busy with the last job is not lost.
+    """
+    cdef cm_seat* s
+    cdef Gate gate                  # keeps the posted job's gate alive
+
+    def __cinit__(self):
+        self.s = <cm_seat*>calloc(1, sizeof(cm_seat))
+        if self.s == NULL:
+            raise MemoryError()
+        cm_seat_init(self.s)
+
+    def __dealloc__(self):
+        if self.s != NULL:
+            cm_seat_destroy(self.s)
+            free(self.s)
+
+    def post(self, Gate gate=None):
+        self.gate = gate
+        cm_seat_post(self.s, 1, gate.g if gate is not None else NULL)
+
+    def post_exit(self):
+        cm_seat_post(self.s, 2, NULL)
+
+    def wait(self, double timeout):
+        cdef int what
+        cdef Gate gate
+        # The GIL may go: the seat and the gate are C structs this object
+        # keeps alive (the gate through self.gate) for as long as we wait.
+        with nogil:
+            what = cm_seat_wait(self.s)
+        if what != 1:
+            return False
+        gate = self.gate
+        if gate is not None:
+            gate._wait_open(<long>(timeout * 1e9))
+        return True

@@ -25,7 +25,24 @@ MODELS = ("serial", "threads", "processes", "asyncio", "dask")
 _TIMEOUT_MAX = (2**31 - 1) / 1000
 
 
+_loaded = {}
+
+
+def _imported(module, name):
+    """``from .module import name``, done once: the runners load on first use,
+    and an import statement on every run cost more than a worker's hand-off."""
+    try:
+        return _loaded[module, name]
+    except KeyError:
+        import importlib
+        value = getattr(importlib.import_module(f".{module}", __package__), name)
+        _loaded[module, name] = value
+        return value
+
+
 def _check_workers(n):
+    if type(n) is int and n >= 1:          # the common case, without the ABC checks below
+        return n
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}")
     return int(n)
@@ -34,6 +51,8 @@ def _check_workers(n):
 def _check_timeout(timeout, name="timeout"):
     if timeout is None:
         return None
+    if type(timeout) in (int, float) and 0 < timeout <= _TIMEOUT_MAX:   # the common case
+        return float(timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None; got {timeout!r}")
     if timeout > _TIMEOUT_MAX:
@@ -112,27 +131,27 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
     watch = GilWatch()
     instruments = None
     if measure and model != "dask":               # Dask tasks time their own CPU
-        from .measure import Measurement
+        Measurement = _imported("measure", "Measurement")
         # Worker processes have GILs of their own: the probe, which watches
         # this process's GIL, would say nothing about them.
         instruments = Measurement(n, gil=model != "processes")
     if model == "serial":
-        from .runners.serial import run_serial
+        run_serial = _imported("runners.serial", "run_serial")
         report = run_serial(func, n, timeout=timeout, measure=instruments,
                             comm_timeout=comm_timeout)
     elif model == "threads":
-        from .runners.threads import run_threads
+        run_threads = _imported("runners.threads", "run_threads")
         report = run_threads(func, n, timeout=timeout, measure=instruments, progress=progress,
                              comm_timeout=comm_timeout)
     elif model == "asyncio":
-        from .runners.aio import run_asyncio
+        run_asyncio = _imported("runners.aio", "run_asyncio")
         report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress,
                              comm_timeout=comm_timeout)
     elif model == "dask":
         from .runners.dask import run_dask
         report = run_dask(func, n, scheduler=scheduler, timeout=timeout, progress=progress)
     else:
-        from .runners.processes import run_processes
+        run_processes = _imported("runners.processes", "run_processes")
         report = run_processes(func, n, timeout=timeout, start_method=start_method,
                                measure=instruments, progress=progress,
                                comm_timeout=comm_timeout, share=share)
@@ -146,12 +165,15 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
 
 
 def shutdown():
-    """Stop the warm threads, event loop, processes and Dask cluster (restarted when needed)."""
+    """Stop the warm threads, event loop, processes and Dask cluster, and the
+    measurement's parked threads (all restarted when needed)."""
+    from .measure import close_instruments
     from .runners import aio, dask, processes, threads
     threads.shutdown()
     aio.shutdown()
     processes.shutdown()
     dask.shutdown()
+    close_instruments()
 
 
 def status():

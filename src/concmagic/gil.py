@@ -254,6 +254,7 @@ def check_call(call, label, evidence=EVIDENCE) -> GilCheck:
         stop.set()                         # Ctrl-C: no further calls
         if probe is not None:
             gil = probe.stop()
+            probe.close()                  # its thread ends now, not when collected
     if "error" in box:
         raise box.pop("error")
     elapsed = box["end"] - box["start"]

@@ -3,6 +3,7 @@
     m = Measurement(n)         runners call
       m.start()                just before their run starts
       m.register_thread(slot)  from a worker thread, for itself
+      m.register_clock(slot, clock)  or by the runner, with the thread's clock id
       m.register_pid(slot, pid) for a worker process
     ... the run ...
       m.stop(t0) -> Samples    raw series, times in seconds since the run's
@@ -23,12 +24,23 @@ own, so for them it is not measured (None).
 
 Both are stopped in ``finally`` by the runners, Ctrl-C included: a native
 thread left running would outlive the run and disturb the next one.
+
+Between runs the instruments' threads are parked, not ended: one idle
+sampler and one idle probe wait on a shelf here for the next run (starting
+and joining two threads cost ~0.4 ms a run). A run that finds the shelf
+empty (runs at once in several threads, a run inside a run) makes its own,
+and whichever is handed back second is closed. The shelf is closed at exit
+and forgotten in a forked child, whose copies have no threads behind them.
 """
+import atexit
 import math
+import os
+import threading
 
 from .freethreading import gil_enabled
 
-__all__ = ["Measurement", "Samples", "gil_enabled", "PROBE_INTERVAL", "SAMPLE_INTERVAL"]
+__all__ = ["Measurement", "Samples", "gil_enabled", "instrument_threads", "close_instruments",
+           "PROBE_INTERVAL", "SAMPLE_INTERVAL"]
 
 #: Seconds between CPU samples at the start of a run (it doubles whenever the
 #: buffer fills, so a run of minutes keeps bounded memory).
@@ -139,52 +151,171 @@ class Samples:
         return self.gil_t, self.gil_wait / span
 
 
+# ---------------------------------------------------------------------------
+# The shelf: parked instruments kept between runs
+# ---------------------------------------------------------------------------
+_shelf = {}                      # (kind, settings) -> a parked instrument
+_shelf_lock = threading.Lock()
+_at_exit = []                    # [True] once the exit hook is registered
+
+
+def _take(key, make):
+    """A parked instrument for ``key`` from the shelf, or a new one."""
+    with _shelf_lock:
+        instrument = _shelf.pop(key, None)
+        if not _at_exit:
+            _at_exit.append(True)
+            atexit.register(close_instruments)
+    return instrument if instrument is not None else make()
+
+
+def _put_back(key, instrument):
+    """Shelve a stopped instrument; if one is shelved already, end this one's thread."""
+    with _shelf_lock:
+        if key not in _shelf:
+            _shelf[key] = instrument
+            return
+    instrument.close()
+
+
+def close_instruments():
+    """End the shelved instruments' threads (a later run starts new ones)."""
+    with _shelf_lock:
+        shelved = list(_shelf.values())
+        _shelf.clear()
+    for instrument in shelved:
+        instrument.close()
+
+
+def instrument_threads():
+    """Native ids of the shelved instruments' parked threads (``/proc/self/task``
+    lists them; they are no Python threads, and no leak)."""
+    with _shelf_lock:
+        ids = [instrument.native_id for instrument in _shelf.values()]
+    return {i for i in ids if i is not None}
+
+
+def _forget_shelf():
+    # In a forked child: the parked threads stayed in the parent, and the
+    # lock may have been copied while held. The copies free only memory.
+    global _shelf_lock
+    _shelf_lock = threading.Lock()
+    _shelf.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shelf)
+
+
+def _make_sampler(n_slots, interval):
+    from . import _core
+    return _core.Sampler(n_slots, interval, SAMPLE_CAPACITY)
+
+
+def _make_probe(interval):
+    from . import _core
+    return _core.GilProbe(interval)
+
+
 class Measurement:
-    """The sampler and (where a GIL exists) the probe, for one run of n workers."""
+    """The sampler and (where a GIL exists) the probe, for one run of n workers.
+
+    The instruments are taken from the shelf by ``start()`` and handed back
+    by ``stop()``.
+    """
 
     def __init__(self, n_slots, *, gil=True, interval=SAMPLE_INTERVAL,
                  probe_interval=PROBE_INTERVAL):
-        from . import _core
         self._gil_enabled = gil_enabled()
         self._n_slots = n_slots
-        self._sampler = _core.Sampler(n_slots, interval, SAMPLE_CAPACITY)
-        self._probe = _core.GilProbe(probe_interval) if gil and self._gil_enabled else None
+        self._interval = interval
+        self._probe_interval = probe_interval if gil and self._gil_enabled else None
+        self._sampler = self._probe = None
+        self._samples = None
+        # Held while a worker registers and while the run hands the
+        # instruments back: a late worker (one that woke after a timeout)
+        # must not register in a sampler that another run may be using.
+        self._lock = threading.Lock()
+
     def start(self):
-        """Start sampling (before the run's clock starts: it takes ~0.1 ms)."""
-        self._sampler.start()
+        """Start sampling (before the run's clock starts)."""
+        if self._sampler is not None:
+            raise RuntimeError("this Measurement has been started already")
+        key = ("sampler", self._interval)
+        self._sampler = sampler = _take(key, lambda: _make_sampler(self._n_slots, self._interval))
         try:
-            if self._probe is not None:
+            if sampler.n_slots != self._n_slots:
+                sampler.resize(self._n_slots)
+            sampler.start()
+            if self._probe_interval is not None:
+                self._probe = _take(("probe", self._probe_interval),
+                                    lambda: _make_probe(self._probe_interval))
                 self._probe.start()
         except BaseException:
-            self._sampler.stop()
+            self._release()
             raise
         return self
 
+    def _release(self):
+        """Stop and shelve the instruments; ``(t, cpu), gil, interval`` of the run."""
+        with self._lock:
+            sampler, probe = self._sampler, self._probe
+            self._sampler = self._probe = False       # handed back: not ours any more
+        series, gil, interval = ([], []), None, self._interval
+        try:
+            if sampler:
+                series = sampler.stop()
+                interval = sampler.interval       # read before another run may take it
+        finally:
+            if probe:
+                gil = probe.stop()
+                _put_back(("probe", self._probe_interval), probe)
+            if sampler:
+                _put_back(("sampler", self._interval), sampler)
+        return series, gil, interval
+
     def register_thread(self, slot):
         """Follow the calling thread's CPU clock as worker ``slot``."""
-        try:
-            self._sampler.register_thread(slot)
-        except OSError:                           # no CPU clock: that lane stays empty
-            pass
+        with self._lock:
+            if self._sampler:
+                try:
+                    self._sampler.register_thread(slot)
+                except OSError:                   # no CPU clock: that lane stays empty
+                    pass
+
+    def register_clock(self, slot, clock):
+        """Follow CPU clock ``clock`` (time.pthread_getcpuclockid of a worker
+        thread) as worker ``slot``: a runner registering its workers itself."""
+        with self._lock:
+            if self._sampler:
+                self._sampler.register_clock(slot, clock)
+
+    def register_clocks(self, clocks):
+        """``register_clock(slot, clock)`` for each of ``clocks`` in slot
+        order (None: no clock, that lane stays empty)."""
+        with self._lock:
+            if self._sampler:
+                self._sampler.register_clocks(clocks)
 
     def register_pid(self, slot, pid):
         """Follow process ``pid``'s CPU clock as worker ``slot``."""
-        try:
-            self._sampler.register_pid(slot, pid)
-        except OSError:
-            pass
+        with self._lock:
+            if self._sampler:
+                try:
+                    self._sampler.register_pid(slot, pid)
+                except OSError:
+                    pass
 
     def stop(self, t0):
         """Stop both instruments (idempotent); Samples relative to ``t0``."""
-        try:
-            t, cpu = self._sampler.stop()
-        finally:
-            gil = self._probe.stop() if self._probe is not None else None
+        if self._samples is None:
+            self._samples = self._release()
+        (t, cpu), gil, interval = self._samples
         n = self._n_slots
         if gil is None:
-            return Samples(t, cpu, self._sampler.interval, [], [], [], None, self._gil_enabled,
+            return Samples(t, cpu, interval, [], [], [], None, self._gil_enabled,
                            t0=t0, n_slots=n)
         offset = gil["t0"] - t0
-        return Samples(t, cpu, self._sampler.interval, [x + offset for x in gil["t"]],
+        return Samples(t, cpu, interval, [x + offset for x in gil["t"]],
                        gil["wait"], gil["span"], gil["wait_fraction"], self._gil_enabled,
                        t0=t0, n_slots=n)

@@ -1,12 +1,14 @@
 """Pieces the in-process runners share: stopping a thread, formatting errors."""
-import contextlib
 import ctypes
+import queue
 import threading
+import time
 import traceback
 
 # The cancel flag lives in the compiled core; going through concmagic.kernels
 # would import NumPy into every run's critical path for nothing.
 from .. import _core as kernels
+from ..errors import RunTimeout
 from . import settle
 
 __all__ = ["StopRequest", "Stoppable", "format_error", "measured", "attach", "wait_slice",
@@ -74,9 +76,13 @@ class Stoppable:
         """Run ``func(**kwargs)`` stoppably; returns ``(result, error)``."""
         result = error = None
         returned = False
+        lock = self.lock
         try:
             try:
-                if self.begin():
+                with lock:                        # begin(), inline: this runs per worker per run
+                    self.ident = threading.get_ident()
+                    go = self.running = self.reason is None
+                if go:
                     try:
                         result = settle(func(**kwargs))
                     except BaseException as exc:  # noqa: B036 - the report keeps it
@@ -85,7 +91,10 @@ class Stoppable:
                     error = StopRequest()
                 returned = True
             finally:
-                self.end()
+                with lock:                        # end(), inline
+                    self.running = False
+                    if self.reason is not None:   # a stop was sent: clear it if still pending
+                        _async_raise(self.ident, None)
         except StopRequest as exc:
             # Landed outside the cell. Before it ran: it was stopped. After it
             # returned, before `end()`: it finished, so its outcome stands.
@@ -134,23 +143,38 @@ def format_error(error, skip=1, as_error=None):
     return f"Traceback (most recent call last):\n{frames}{closing}"
 
 
-@contextlib.contextmanager
-def measured(measure):
-    """Run a block with ``measure`` started; yields ``done(t0) -> Samples``.
+class measured:
+    """Run a block with ``measure`` started; ``as`` gives ``done(t0) -> Samples``.
 
     The instruments are stopped however the block ends (Ctrl-C included),
-    and a second stop by ``done`` is harmless.
+    and a second stop by ``done`` is harmless. (A class, not a generator
+    context manager: this is on every run's path, and costs a third.)
     """
-    if measure is None:
-        yield lambda t0: None
-        return
-    measure.start()
-    t0_seen = []
-    try:
-        yield lambda t0: (t0_seen.append(t0), measure.stop(t0))[1]
-    finally:
-        if not t0_seen:
-            measure.stop(0.0)
+
+    __slots__ = ("_measure", "_stopped")
+
+    def __init__(self, measure):
+        self._measure = measure
+        self._stopped = False
+
+    def __enter__(self):
+        if self._measure is None:
+            return _no_samples
+        self._measure.start()
+        return self._done
+
+    def _done(self, t0):
+        self._stopped = True
+        return self._measure.stop(t0)
+
+    def __exit__(self, *exc):
+        if self._measure is not None and not self._stopped:
+            self._measure.stop(0.0)
+        return False
+
+
+def _no_samples(t0):
+    return None
 
 
 def attach(report, samples):
@@ -177,11 +201,6 @@ def collect(done, n, t0, timeout, progress, stop):
     ``stop(runs, reason)``, which stops the rest and returns notes for the
     report. Returns ``(runs by worker id, notes)``; re-raises Ctrl-C.
     """
-    import queue
-    import time
-
-    from ..errors import RunTimeout
-
     runs, notes = {}, []
     deadline = None if timeout is None else t0 + timeout
     try:

@@ -1,12 +1,14 @@
 """Run a cell function in N threads of this process: shared memory, one GIL.
 
     run_threads(func, n)
-        |  one job, put in the inbox of each of n warm worker threads
+        |  registers the n warm worker threads (output capture, CPU clocks),
+        |  then posts one job on the seat of each (concmagic._core.Seat)
         v
-    [thread 0] [thread 1] ... [thread n-1]    wait at one Barrier, so they
-        |          |               |          start together, then each runs
-        v          v               v          func(worker_id=i, n_workers=n)
-    done queue  <- one WorkerRun each (times, thread CPU, result/error, output)
+    [thread 0] [thread 1] ... [thread n-1]    wake and wait at one start gate
+        |          |               |          without the GIL, so they start
+        v          v               v          together, then each runs
+    done queue  <- one WorkerRun each         func(worker_id=i, n_workers=n)
+                   (times, thread CPU, result/error, output)
 
 The threads are kept between runs (a "gang"), because creating and joining
 n threads costs far more than handing n waiting threads a job. The gang is
@@ -26,6 +28,7 @@ import time
 from ..comm import DEFAULT_TIMEOUT, MemoryWorld, blame_the_stop, wants_comm
 from ..comm import attach as attach_comm
 from ..report import Report, WorkerRun
+from .._core import Gate, Seat
 from ._capture import capture_threads
 from ._common import STOP_GRACE, Stoppable, attach, measured, collect
 
@@ -35,92 +38,118 @@ __all__ = ["run_threads", "shutdown", "gang_status"]
 # and starting anyway; a healthy gang meets there in microseconds.
 _BARRIER_TIMEOUT = 5.0
 
+# A thread's CPU clock, looked up from another thread (Unix).
+_thread_clock = getattr(time, "pthread_getcpuclockid", None)
+
 
 _worker_numbers = itertools.count()              # names threads uniquely
 
 
-class _StartGate:
-    """A one-shot barrier: each of n workers waits until the last one arrives.
+class _Replies:
+    """The workers' WorkerRuns, handed to the runner with one wake-up.
 
-    Lighter than threading.Barrier (one lock handed along instead of a
-    Condition with a lock per waiter), which matters when the cell is empty
-    and the hand-off is all there is to measure.
+    A worker's ``put`` wakes nobody, except the last one's; the runner's
+    ``get`` takes what has come in, and otherwise sleeps until all have come
+    (or its ``timeout`` ends). Waking the runner for every reply cost one
+    more turn of the GIL per worker, taken while the others wait for it.
     """
 
-    __slots__ = ("_left", "_count_lock", "_open")
+    __slots__ = ("_queue", "_left", "_all_in", "_n", "_complete")
 
     def __init__(self, n):
-        self._left = n
-        self._count_lock = threading.Lock()
-        self._open = threading.Lock()
-        self._open.acquire()
+        self._queue = queue.SimpleQueue()
+        self._n = n
+        self._left = itertools.count(1)            # next() is atomic: a C call under the GIL
+        self._all_in = threading.Lock()
+        self._all_in.acquire()
+        self._complete = False
 
-    def wait(self, timeout):
-        with self._count_lock:
-            self._left -= 1
-            last = self._left == 0
-        if last or self._open.acquire(timeout=timeout):
-            self._open.release()                  # pass it on to the next waiter
+    def put(self, run):
+        self._queue.put(run)
+        if next(self._left) == self._n:
+            self._all_in.release()
+
+    def get(self, timeout=None):
+        """The next reply; queue.Empty if none came within ``timeout`` seconds."""
+        if not self._complete:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if self._all_in.acquire(timeout=-1 if timeout is None else timeout):
+                self._complete = True
+        return self._queue.get_nowait()
 
 
 class _Job:
-    __slots__ = ("func", "n", "barrier", "capture", "done", "t0", "measure", "progress", "world")
+    __slots__ = ("func", "n", "gate", "capture", "done", "t0", "measure", "world")
 
-    def __init__(self, func, n, capture, measure, progress, world=None):
+    def __init__(self, func, n, capture, measure, world=None):
         self.func = func
         self.world = world                        # the run's comm channels, if func takes comm
         self.measure = measure
-        self.progress = progress
         self.n = n
-        self.barrier = _StartGate(n)
+        # The start gate, passed by the workers without the GIL (_core.Seat):
+        # each waits there until all n have come, then they start together.
+        self.gate = Gate(n)
         self.capture = capture
-        self.done = queue.SimpleQueue()
+        self.done = _Replies(n)
         self.t0 = time.perf_counter()
 
 
 class _Worker:
-    """One warm thread of the gang, serving jobs from its inbox."""
+    """One warm thread of the gang, serving the jobs posted on its seat.
+
+    The runner registers the thread with the capture, the sampler and the
+    progress display itself (it knows the thread's ident and CPU clock), so
+    the worker goes from its seat through the start gate to the cell without
+    a stop on the way. What it does per run is kept short: with the GIL, the
+    workers' bookkeeping is done one after another.
+    """
 
     def __init__(self):
         index = next(_worker_numbers)
-        self.inbox = queue.SimpleQueue()
+        self.seat = Seat()
+        self.job = None                           # (job, worker_id), set before each post
         self.stopper = Stoppable()
         self.retired = False
         self.thread = threading.Thread(target=self._serve, name=f"concmagic-worker-{index}",
                                        daemon=True)
         self.thread.start()
+        self.ident = self.thread.ident
+        self.native_id = self.thread.native_id
+        try:                                      # its CPU clock, for the sampler
+            self.clock = _thread_clock(self.ident) if _thread_clock else None
+        except OSError:                           # none: that lane stays empty
+            self.clock = None
+
+    def post(self, job, worker_id):
+        self.stopper.arm()
+        self.job = (job, worker_id)
+        self.seat.post(job.gate)
 
     def _serve(self):
-        while not self.retired:
-            item = self.inbox.get()
-            if item is None:
-                return
-            job, worker_id = item
-            job.done.put(self._execute(job, worker_id))
-
-    def _execute(self, job, worker_id):
-        run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=threading.get_native_id())
-        job.capture.register()
-        if job.measure is not None:
-            job.measure.register_thread(worker_id)
-        if job.progress is not None:
-            job.progress.watch_thread(worker_id, threading.get_ident())
-        job.barrier.wait(_BARRIER_TIMEOUT)        # on timeout: a laggard; start anyway
-        c0 = time.thread_time()
-        run.start = time.perf_counter() - job.t0
-        if job.world is None:
-            run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
-        else:
-            run.result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n,
-                                                  comm=job.world.comm(worker_id))
-            job.world.finish(worker_id, error)   # peers waiting on it stop waiting
-        run.end = time.perf_counter() - job.t0
-        run.cpu = time.thread_time() - c0
-        run.stdout, run.stderr = job.capture.output()
-        job.capture.unregister()
-        if error is not None:
-            run.error, run.traceback = self.stopper.resolve(error)
-        return run
+        thread_time, perf_counter = time.thread_time, time.perf_counter
+        while not self.retired and self.seat.wait(_BARRIER_TIMEOUT):
+            job, worker_id = self.job
+            # Through the gate: the cell starts now. Bookkeeping waits until after.
+            c0 = thread_time()
+            start = perf_counter()
+            if job.world is None:
+                result, error = self.stopper.call(job.func, worker_id=worker_id, n_workers=job.n)
+            else:
+                result, error = self.stopper.call(job.func, worker_id=worker_id,
+                                                  n_workers=job.n, comm=job.world.comm(worker_id))
+                job.world.finish(worker_id, error)   # peers waiting on it stop waiting
+            end = perf_counter()
+            cpu = thread_time() - c0
+            stdout, stderr = job.capture.take()
+            run = WorkerRun(worker_id=worker_id, pid=os.getpid(), thread_id=self.native_id,
+                            start=start - job.t0, end=end - job.t0, cpu=cpu, result=result,
+                            stdout=stdout, stderr=stderr)
+            if error is not None:
+                run.error, run.traceback = self.stopper.resolve(error)
+            job.done.put(run)
 
 
 class _Gang:
@@ -132,7 +161,7 @@ class _Gang:
         while len(self.workers) < n:
             self.workers.append(_Worker())
         while len(self.workers) > n:
-            self.workers.pop().inbox.put(None)
+            self.workers.pop().seat.post_exit()
 
     def retire(self, index):
         """Take a stuck worker out; it ends when its call returns."""
@@ -142,11 +171,23 @@ class _Gang:
 
     def shutdown(self):
         for worker in self.workers:
-            worker.inbox.put(None)
+            worker.seat.post_exit()
         self.workers = []
 
 
 _gang = _Gang()
+
+
+def _forget_gang():
+    # In a forked child the gang's threads do not exist (fork copies only
+    # the calling thread), and its lock may have been copied while held:
+    # a run there would post jobs that no thread takes, and wait forever.
+    global _gang
+    _gang = _Gang()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_gang)
 
 
 def run_threads(func, n, *, timeout=None, measure=None, progress=None,
@@ -175,10 +216,16 @@ def run_threads(func, n, *, timeout=None, measure=None, progress=None,
 
 def _run(gang, func, n, timeout, measure, progress, world=None):
     with capture_threads() as capture, measured(measure) as done:
-        job = _Job(func, n, capture, measure, progress, world)
-        for worker_id, worker in enumerate(gang.workers):
-            worker.stopper.arm()
-            worker.inbox.put((job, worker_id))
+        job = _Job(func, n, capture, measure, world)
+        workers = gang.workers
+        capture.register_all([worker.ident for worker in workers])
+        if measure is not None:
+            measure.register_clocks([worker.clock for worker in workers])
+        if progress is not None:
+            for worker_id, worker in enumerate(workers):
+                progress.watch_thread(worker_id, worker.ident)
+        for worker_id, worker in enumerate(workers):
+            worker.post(job, worker_id)
         runs, notes = collect(job.done, n, job.t0, timeout, progress,
                               lambda runs, reason: _stop(gang, job, runs, reason))
         wall = time.perf_counter() - job.t0
@@ -208,7 +255,7 @@ def _stop(gang, job, runs, reason):
     stuck = [i for i in pending if i not in runs]
     for i in sorted(stuck, reverse=True):
         runs[i] = WorkerRun(worker_id=i, pid=os.getpid(),
-                            thread_id=gang.workers[i].thread.native_id, error=reason)
+                            thread_id=gang.workers[i].native_id, error=reason)
         gang.retire(i)
     if not stuck:
         return []
@@ -221,7 +268,7 @@ def _stop(gang, job, runs, reason):
 def gang_status():
     """Threads currently in the warm gang."""
     return {"threads": len(_gang.workers),
-            "thread_ids": [w.thread.native_id for w in _gang.workers]}
+            "thread_ids": [w.native_id for w in _gang.workers]}
 
 
 def shutdown():

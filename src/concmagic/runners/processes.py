@@ -201,10 +201,7 @@ class _Gang:
 
     def resize(self, n):
         """Exactly n live workers: drop the dead, start the missing, stop extras."""
-        # One poll over all the sentinels (ready = the process has ended),
-        # instead of a poll per worker through Process.is_alive().
-        ended = set(_ready([p.process.sentinel for p in self.procs], 0)) if self.procs else ()
-        for proc in [p for p in self.procs if p.process.sentinel in ended]:
+        for proc in [p for p in self.procs if not p.alive()]:
             proc.kill()
             self.procs.remove(proc)
         while len(self.procs) > n:

@@ -245,12 +245,10 @@ class _Gang:
 
     def resize(self, n):
         """Exactly n live workers: drop the dead, start the missing, stop extras."""
-        # One poll over all the sentinels (ready = the process has ended),
-        # instead of a poll per worker through Process.is_alive().
-        # A closed connection is one this side gave up on (killed after a
-        # stop): gone too, even before its sentinel says so.
-        ended = set(_ready([p.process.sentinel for p in self.procs], 0)) if self.procs else ()
-        for proc in [p for p in self.procs if p.conn.closed or p.process.sentinel in ended]:
+        # is_alive() per worker, not one poll over the sentinels: once a
+        # killed worker's exit code has been read (kill() joins it), its
+        # sentinel reads as ended only after the forkserver closes its end.
+        for proc in [p for p in self.procs if not p.alive()]:
             proc.kill()
             self.procs.remove(proc)
         while len(self.procs) > n:

@@ -314,14 +314,19 @@ def rows_of(settings, results, jobs):
 def run(quick=False, tiny=False):
     """Every comm table as rows (see benchmarks/_results.py)."""
     settings = Settings(quick, tiny)
+    results, jobs = measure_all(settings)
+    return rows_of(settings, results, jobs)
+
+
+def measure_all(settings):
+    """``(results, jobs)``: every variant measured, the pools closed after."""
     raw_processes = RawProcesses()
     try:
         jobs = variants(raw_processes)
-        results = measure(settings, jobs)
+        return measure(settings, jobs), jobs
     finally:
         raw_processes.close()
         concmagic.shutdown()
-    return rows_of(settings, results, jobs)
 
 
 def main(argv=None):
@@ -342,13 +347,7 @@ def main(argv=None):
           f"alternating, after one warm-up batch; the first trips of each batch are warm-up.")
     print(f"Differences under {_util.NOISE:.0%} are noise. 'vs threads comm' is the ratio of "
           f"medians to concmagic's threads comm, same payload.\n")
-    raw_processes = RawProcesses()
-    try:
-        jobs = variants(raw_processes)
-        results = measure(settings, jobs)
-    finally:
-        raw_processes.close()
-        concmagic.shutdown()
+    results, jobs = measure_all(settings)
     report(settings, results, jobs)
     print()
     def ratio(payload_name):

@@ -127,8 +127,7 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         raise ValueError(f"scheduler applies to model='dask' only; got model={model!r}")
     # A cell that imports an extension not marked free-threading safe turns
     # the GIL back on (free-threaded CPython only); the report says so.
-    from .freethreading import GilWatch
-    watch = GilWatch()
+    watch = _imported("freethreading", "GilWatch")()
     instruments = None
     if measure and model != "dask":               # Dask tasks time their own CPU
         Measurement = _imported("measure", "Measurement")
@@ -148,7 +147,7 @@ def run(func, n=4, model="threads", *, timeout=None, start_method=None, measure=
         report = run_asyncio(func, n, timeout=timeout, measure=instruments, progress=progress,
                              comm_timeout=comm_timeout)
     elif model == "dask":
-        from .runners.dask import run_dask
+        run_dask = _imported("runners.dask", "run_dask")
         report = run_dask(func, n, scheduler=scheduler, timeout=timeout, progress=progress)
     else:
         run_processes = _imported("runners.processes", "run_processes")
